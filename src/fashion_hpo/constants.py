@@ -1,0 +1,33 @@
+"""Names shared by every stage: metrics, the optimized direction, classes, registry defaults."""
+
+# Per-epoch metrics of a trial's child run (step = epoch, 1-based).
+TRAIN_LOSS = "train_loss"
+VAL_ACCURACY = "val_accuracy"
+VAL_LOSS = "val_loss"
+EPOCH_SECONDS = "epoch_seconds"
+
+# The optimized metric and its direction: trials are selected on validation accuracy, never on test.
+OPTIMIZED_METRIC = VAL_ACCURACY
+DIRECTION = "maximize"
+
+# Metrics of the final model, logged once on the parent run.
+TEST_ACCURACY = "test_accuracy"
+TEST_LOSS = "test_loss"
+CLASS_ACCURACY_PREFIX = "test_class_accuracy"
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+MODEL_KINDS = ("mlp", "cnn")
+DEFAULT_REGISTERED_MODEL_NAME = "fashion-mnist-classifier"
+CHAMPION_ALIAS = "champion"

@@ -1,0 +1,73 @@
+"""The search space: the one place that calls `trial.suggest_*`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import optuna
+
+from fashion_hpo.models import CNNConfig, MLPConfig, ModelConfig
+
+OPTIMIZERS = ("Adam", "AdamW", "RMSprop", "SGD")
+BATCH_SIZES = (64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial trains with: the architecture and the optimizer settings."""
+
+    model: ModelConfig
+    optimizer: str
+    lr: float
+    batch_size: int
+    weight_decay: float
+    momentum: float
+
+    def as_dict(self) -> dict[str, object]:
+        """A flat, JSON-friendly view (for logs and model metadata)."""
+        flat = {k: v for k, v in asdict(self).items() if k != "model"}
+        return {"model_kind": model_kind(self.model), **asdict(self.model), **flat}
+
+
+def model_kind(config: ModelConfig) -> str:
+    """The `--model` name of an architecture config."""
+    return "mlp" if isinstance(config, MLPConfig) else "cnn"
+
+
+def suggest_mlp(trial: optuna.Trial) -> MLPConfig:
+    """The seed's MLP space: 1-3 layers, log-scaled widths, per-layer dropout."""
+    n_layers = trial.suggest_int("n_layers", 1, 3)
+    units = tuple(trial.suggest_int(f"n_units_l{i}", 4, 1024, log=True) for i in range(n_layers))
+    dropouts = tuple(trial.suggest_float(f"dropout_l{i}", 0.0, 0.5) for i in range(n_layers))
+    return MLPConfig(hidden_units=units, dropouts=dropouts)
+
+
+def suggest_cnn(trial: optuna.Trial) -> CNNConfig:
+    """1-3 conv blocks with their own widths, kernel 3 or 5, optional batch norm, dropout, dense head."""
+    n_blocks = trial.suggest_int("n_conv_blocks", 1, 3)
+    channels = tuple(trial.suggest_int(f"channels_b{i}", 8, 128, log=True) for i in range(n_blocks))
+    return CNNConfig(
+        channels=channels,
+        kernel_size=trial.suggest_categorical("kernel_size", [3, 5]),
+        batch_norm=trial.suggest_categorical("batch_norm", [True, False]),
+        dropout=trial.suggest_float("dropout", 0.0, 0.5),
+        dense_units=trial.suggest_int("dense_units", 32, 512, log=True),
+    )
+
+
+def suggest_config(trial: optuna.Trial, kind: str) -> TrialConfig:
+    """Sample one trial's configuration for model kind `kind` ("mlp" or "cnn")."""
+    model = suggest_mlp(trial) if kind == "mlp" else suggest_cnn(trial)
+    optimizer = trial.suggest_categorical("optimizer", list(OPTIMIZERS))
+    lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    batch_size = trial.suggest_categorical("batch_size", list(BATCH_SIZES))
+    # A log scale cannot reach 0, so "no weight decay" is its own choice.
+    use_wd = trial.suggest_categorical("use_weight_decay", [False, True])
+    weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True) if use_wd else 0.0
+    momentum = trial.suggest_float("momentum", 0.0, 0.99) if optimizer == "SGD" else 0.0
+    return TrialConfig(model, optimizer, lr, batch_size, weight_decay, momentum)
+
+
+def config_from_params(params: dict[str, object], kind: str) -> TrialConfig:
+    """Rebuild a finished trial's configuration from its params, through the same space."""
+    return suggest_config(optuna.trial.FixedTrial(params), kind)

@@ -1,0 +1,116 @@
+"""Run settings: one frozen dataclass, validated once at the edge (CLI / MLproject) and logged as-is."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import sqlalchemy.engine
+import sqlalchemy.exc
+
+if TYPE_CHECKING:
+    import torch
+
+from fashion_hpo.constants import DEFAULT_REGISTERED_MODEL_NAME
+
+PRUNERS = ("median", "hyperband", "successive-halving", "none")
+SAMPLERS = ("tpe", "random", "qmc")
+DEVICES = ("auto", "cpu", "cuda")
+STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
+
+
+class UsageError(ValueError):
+    """A setting the user gave cannot work; `flag` names the option to fix."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"argument {flag}: {message}")
+        self.flag = flag
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one `fashion-hpo study` invocation needs; defaults are the documented ones."""
+
+    n_trials: int = 100
+    timeout: int = 600
+    epochs: int = 10
+    model: str = "mlp"
+    pruner: str = "median"
+    sampler: str = "tpe"
+    seed: int = 42
+    study_name: str = ""
+    storage: str = "sqlite:///optuna.db"
+    max_train_samples: int = 0
+    device: str = "auto"
+    data_dir: Path = field(default_factory=lambda: Path("data"))
+    registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME
+
+    def __post_init__(self) -> None:
+        if not self.study_name:
+            object.__setattr__(self, "study_name", f"fashion-mnist-{self.model}")
+
+    def loggable(self) -> dict[str, str]:
+        """The settings as MLflow params, with any password in a URL redacted."""
+        params = {key: str(value) for key, value in asdict(self).items()}
+        params["storage"] = redact_url(self.storage)
+        return params
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def check_storage(url: str) -> None:
+    """Reject storage URLs that SQLAlchemy cannot parse or whose database kind Optuna cannot use."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UsageError("--storage", f"not a database URL: {redact_url(url)!r} (e.g. sqlite:///optuna.db)") from None
+    if parsed.get_backend_name() not in STORAGE_DIALECTS:
+        raise UsageError(
+            "--storage",
+            f"unsupported database {parsed.get_backend_name()!r}; use one of {', '.join(STORAGE_DIALECTS)}",
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        folder = Path(parsed.database).resolve().parent
+        if not folder.is_dir():
+            raise UsageError("--storage", f"folder {folder} for the SQLite file does not exist")
+
+
+def check_data_dir(path: Path) -> None:
+    """The data folder must be a folder we can read and write (it is created when missing)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError("--data-dir", f"{path} is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError("--data-dir", f"cannot create {path}: {err.strerror}") from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise UsageError("--data-dir", f"{path} is not readable and writable")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is a usage error."""
+    import torch  # deferred: validating flags should not wait for torch to load
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device", "cuda requested but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def validate(settings: RunSettings) -> torch.device:
+    """Check what argument parsing cannot see; returns the device to train on."""
+    check_storage(settings.storage)
+    check_data_dir(settings.data_dir)
+    return resolve_device(settings.device)

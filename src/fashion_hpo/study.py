@@ -1,0 +1,80 @@
+"""The Optuna study: sampler, pruner, storage, and the search loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from fashion_hpo.constants import DIRECTION
+from fashion_hpo.settings import RunSettings
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The `--sampler` choice, seeded."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """The `--pruner` choice; resources are epochs."""
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    if name == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+
+
+def open_study(settings: RunSettings) -> optuna.Study:
+    """Create the study, or load it when it exists so that rerunning a command continues it."""
+    return optuna.create_study(
+        study_name=settings.study_name,
+        storage=settings.storage,
+        sampler=make_sampler(settings.sampler, settings.seed),
+        pruner=make_pruner(settings.pruner, settings.epochs),
+        direction=DIRECTION,
+        load_if_exists=True,
+    )
+
+
+def run_search(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    settings: RunSettings,
+    callbacks: Sequence[Callback] = (),
+    show_progress_bar: bool = True,
+) -> None:
+    """Run trials until `n_trials` or `timeout` is reached; a failing trial does not stop the study."""
+    study.optimize(
+        objective,
+        n_trials=settings.n_trials,
+        timeout=settings.timeout or None,
+        callbacks=list(callbacks),
+        catch=(Exception,),
+        show_progress_bar=show_progress_bar,
+    )
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """How many trials finished, and how many of them completed, were pruned, or failed."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = {
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED),
+        "failed": states.count(TrialState.FAIL),
+    }
+    return {"finished": sum(counts.values()), **counts}
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial, or None when no trial completed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial if complete else None

@@ -1,0 +1,218 @@
+"""MLflow tracking: one parent run per study invocation, one nested child run per trial, the study's summary.
+
+Every use of optuna-integration's MLflowCallback (deprecated in 5.x, removal planned for 6.0) lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import matplotlib
+
+matplotlib.use("Agg")  # plots are files for MLflow, never windows
+
+import matplotlib.pyplot as plt
+import mlflow
+import optuna
+import torch
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from optuna.trial import FrozenTrial, TrialState
+from optuna_integration.mlflow import MLflowCallback
+from optuna_integration.mlflow.mlflow import RUN_ID_ATTRIBUTE_KEY
+
+from fashion_hpo.constants import (
+    CLASS_ACCURACY_PREFIX,
+    CLASS_NAMES,
+    EPOCH_SECONDS,
+    OPTIMIZED_METRIC,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    VAL_LOSS,
+)
+from fashion_hpo.settings import RunSettings
+from fashion_hpo.training import EpochResult, Evaluation
+
+log = logging.getLogger(__name__)
+
+STUDY_TAG = "study_name"
+# The callback ends every trial's run FINISHED; these statuses let the UI's status column tell them apart.
+RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+
+def trial_run_name(number: int) -> str:
+    """A child run's name, zero-padded so the runs table sorts by trial number."""
+    return f"trial-{number:04d}"
+
+
+class TrialTracker(MLflowCallback):
+    """optuna-integration's MLflowCallback, with readable run names and statuses per trial state."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "MLflowCallback has been deprecated", FutureWarning)
+            super().__init__(
+                metric_name=OPTIMIZED_METRIC,
+                create_experiment=False,  # the parent run chose the experiment; children follow it
+                mlflow_kwargs={"nested": True},
+                tag_trial_user_attrs=True,
+            )
+
+    def _log_metrics(self, values: list[float] | None) -> None:
+        """Skip: the objective logged `val_accuracy` per epoch, and the trial's value is its last step."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        super().__call__(study, trial)
+        run_id = trial.system_attrs.get(RUN_ID_ATTRIBUTE_KEY)
+        if run_id is not None:
+            status = RUN_STATUS.get(trial.state, "FAILED")
+            MlflowClient().update_run(run_id, status=status, name=trial_run_name(trial.number))
+
+    def track(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+        """Wrap the objective so each trial runs inside its own nested MLflow run."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return self.track_in_mlflow()(objective)
+
+
+def tracked_objective(
+    objective: Callable[[optuna.Trial], float], settings: RunSettings
+) -> tuple[Callable[[optuna.Trial], float], TrialTracker]:
+    """The objective run inside a nested child run per trial, and the callback that closes those runs."""
+    tracker = TrialTracker()
+
+    def run_trial(trial: optuna.Trial) -> float:
+        mlflow.set_tags(
+            {
+                MLFLOW_RUN_NAME: trial_run_name(trial.number),
+                STUDY_TAG: settings.study_name,
+                "model": settings.model,
+            }
+        )
+        mlflow.log_param("model", settings.model)
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("exception_type", type(err).__name__)
+            trial.set_user_attr("exception_message", str(err)[:1000])
+            raise
+
+    return tracker.track(run_trial), tracker
+
+
+def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
+    """Log one epoch's metrics to the active (child) run in one call, step = epoch."""
+    metrics = {
+        TRAIN_LOSS: result.train_loss,
+        VAL_ACCURACY: result.val.accuracy,
+        VAL_LOSS: result.val.loss,
+        EPOCH_SECONDS: result.seconds,
+    }
+    mlflow.log_metrics(metrics, step=result.epoch)
+
+
+def choose_experiment(study_name: str) -> None:
+    """Use an experiment named after the study, unless `mlflow run` or the user's env already chose one."""
+    chosen = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    if not any(os.environ.get(name) for name in chosen):
+        mlflow.set_experiment(study_name)
+
+
+@contextmanager
+def parent_run(settings: RunSettings) -> Iterator[str]:
+    """The study invocation's run (under `mlflow run`, the project's own run), ended with the right status."""
+    choose_experiment(settings.study_name)
+    run = mlflow.start_run(run_name=settings.study_name, tags={STUDY_TAG: settings.study_name})
+    try:
+        # `mlflow run` already logged the entry point's parameters; MLflow forbids changing a param.
+        logged = run.data.params
+        mlflow.log_params({k: v for k, v in settings.loggable().items() if k not in logged})
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.set_tag("interrupted", "true")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def log_study_summary(study: optuna.Study, counts: dict[str, int], best: FrozenTrial | None) -> None:
+    """On the parent run: trial counts, the best trial, the trials table and Optuna's plots."""
+    mlflow.log_metrics({f"trials_{state}": float(n) for state, n in counts.items()})
+    if best is not None:
+        mlflow.log_metrics({"best_trial_number": float(best.number), f"best_{OPTIMIZED_METRIC}": best.value})
+        mlflow.log_params({f"best_{name}": value for name, value in best.params.items()})
+    if counts["finished"]:
+        mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
+    log_plots(study, counts["complete"])
+
+
+def log_plots(study: optuna.Study, n_complete: int) -> None:
+    """Optuna's plots as PNG artifacts; a plot that fails is a warning, never a failed study."""
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {
+        "optimization_history": ovm.plot_optimization_history,
+        "parallel_coordinate": ovm.plot_parallel_coordinate,
+        "intermediate_values": ovm.plot_intermediate_values,
+    }
+    if n_complete >= 2:
+        plots["param_importances"] = ovm.plot_param_importances
+    if n_complete == 0:
+        plots = {"intermediate_values": ovm.plot_intermediate_values}
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            # Importance estimates on few trials warn per parameter; the plot still says what it can.
+            warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)
+            try:
+                log_figure(plot(study).figure, f"plots/{name}.png")
+            except Exception as err:
+                log.warning("could not log plot %s: %s: %s", name, type(err).__name__, err)
+
+
+def log_figure(figure: plt.Figure, path: str) -> None:
+    """Save a matplotlib figure as an artifact of the active run and free it."""
+    try:
+        figure.tight_layout()
+        mlflow.log_figure(figure, path)
+    finally:
+        plt.close(figure)
+
+
+def log_test_results(test: Evaluation, confusion: torch.Tensor) -> None:
+    """On the parent run: test loss and accuracy, per-class accuracy, and the confusion matrix as a PNG."""
+    per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
+    metrics = {TEST_ACCURACY: test.accuracy, TEST_LOSS: test.loss}
+    metrics.update(
+        {f"{CLASS_ACCURACY_PREFIX}/{n.replace('/', '_')}": a for n, a in zip(CLASS_NAMES, per_class, strict=True)}
+    )
+    mlflow.log_metrics(metrics)
+    log_figure(confusion_figure(confusion), "confusion_matrix.png")
+
+
+def confusion_figure(confusion: torch.Tensor) -> plt.Figure:
+    """A labelled confusion-matrix heat map (rows: true class, columns: predicted)."""
+    figure, ax = plt.subplots(figsize=(8, 7))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    ticks = range(len(CLASS_NAMES))
+    ax.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(ticks, CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = confusion.max().item() / 2
+    for i, row in enumerate(confusion.tolist()):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    ax.set_title("Test-set confusion matrix")
+    return figure
