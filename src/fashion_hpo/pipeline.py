@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import mlflow
 import torch
 from mlflow.entities.model_registry import ModelVersion
 from optuna.trial import FrozenTrial
@@ -15,7 +16,7 @@ from fashion_hpo.models import build_model
 from fashion_hpo.objective import make_objective, trial_seed
 from fashion_hpo.registry import ModelCard, log_model, register
 from fashion_hpo.search_space import config_from_params
-from fashion_hpo.settings import RunSettings
+from fashion_hpo.settings import RunSettings, redact_url
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
 from fashion_hpo.tracking import log_epoch, log_study_summary, log_test_results, parent_run, tracked_objective
 from fashion_hpo.training import Evaluation, confusion_matrix, evaluate, fit
@@ -88,5 +89,5 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
         version = publish(final, data, best, settings, run_id)
     print(f"Test accuracy of the refit best model: {final.test.accuracy:.4f} (loss {final.test.loss:.4f})")
     print(f"Registered: models:/{version.name}/{version.version} (alias: models:/{version.name}@{CHAMPION_ALIAS})")
-    print("Compare the trials: run `mlflow ui` in this folder and open http://127.0.0.1:5000")
+    print(f"Compare the trials: mlflow ui --backend-store-uri {redact_url(mlflow.get_tracking_uri())}")
     return 0

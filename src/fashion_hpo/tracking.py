@@ -175,6 +175,7 @@ def log_plots(study: optuna.Study, n_complete: int) -> None:
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             # Importance estimates on few trials warn per parameter; the plot still says what it can.
             warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)
+            warnings.filterwarnings("ignore", "Attempting to set identical low and high ylims", UserWarning)
             try:
                 log_figure(plot(study).figure, f"plots/{name}.png")
             except Exception as err:

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny synthetic FashionMNIST-shaped data and a throw-away MLflow tracking store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from fashion_hpo.data import FashionData, Split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_split(n: int, seed: int) -> Split:
+    """Learnable fake images: each class lights up its own band of rows, plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.rand(n, 1, 28, 28, generator=generator) * 0.3
+    for cls in range(10):
+        rows = slice(2 + 2 * cls, 4 + 2 * cls)
+        images[labels == cls, :, rows, :] += 0.7
+    return Split(images.clamp(0, 1), labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> FashionData:
+    """300 train, 100 validation and 100 test synthetic images."""
+    return FashionData(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
+
+
+@contextmanager
+def temporary_tracking(folder: Path) -> Iterator[str]:
+    """Point MLflow at a fresh SQLite store in `folder` (artifacts in folder/mlruns) for the duration."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(folder)  # the default artifact root ./mlruns lands in the temporary folder
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            patch.delenv(name, raising=False)
+        # MLflow remembers the experiment chosen by an earlier test in this process; forget it.
+        patch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite MLflow store for one test."""
+    with temporary_tracking(tmp_path) as uri:
+        yield uri

@@ -1,0 +1,135 @@
+"""A 3-trial study against a temporary MLflow store: one parent run, one nested child run per trial."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fashion_hpo.constants import VAL_ACCURACY
+from fashion_hpo.data import FashionData
+from fashion_hpo.objective import make_objective
+from fashion_hpo.settings import RunSettings
+from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
+from fashion_hpo.tracking import log_epoch, log_study_summary, parent_run, tracked_objective
+from fashion_hpo.training import EpochResult
+from tests.conftest import temporary_tracking
+from tests.test_search_space import MLP_PARAMS
+
+EPOCHS = 2
+
+
+class PruneTrialOne(optuna.pruners.BasePruner):
+    """Prunes trial 1 at its last epoch, so that every trial still logs a full learning curve."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == 1 and trial.last_step == EPOCHS
+
+
+def report_then_fail_trial_two(trial: optuna.Trial, result: EpochResult) -> None:
+    """Log the epoch like the real study does; trial 2 then crashes after its last epoch."""
+    log_epoch(trial, result)
+    if trial.number == 2 and result.epoch == EPOCHS:
+        raise RuntimeError("simulated crash in trial 2")
+
+
+@pytest.fixture(scope="module")
+def tracked_study(
+    tiny_data: FashionData, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunSettings, str]]:
+    """Runs the 3-trial study (complete, pruned, failed); yields its settings and parent run id."""
+    tmp_path = tmp_path_factory.mktemp("tracked")
+    with temporary_tracking(tmp_path):
+        yield run_tracked_study(tiny_data, tmp_path)
+
+
+def run_tracked_study(tiny_data: FashionData, tmp_path: Path) -> tuple[RunSettings, str]:
+    """The study of this module, run through the same pieces as `fashion-hpo study`."""
+    settings = RunSettings(n_trials=3, epochs=EPOCHS, study_name="tracked", storage=f"sqlite:///{tmp_path}/o.db")
+    study = open_study(settings)
+    study.pruner = PruneTrialOne()
+    for _ in range(3):
+        study.enqueue_trial(MLP_PARAMS)
+    objective = make_objective(tiny_data, "mlp", EPOCHS, 0, torch.device("cpu"), report=report_then_fail_trial_two)
+    with parent_run(settings) as run_id:
+        tracked, tracker = tracked_objective(objective, settings)
+        run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=False)
+        log_study_summary(study, trial_counts(study), best_trial(study))
+    return settings, run_id
+
+
+def children_of(parent_id: str) -> list[mlflow.entities.Run]:
+    """The parent's nested runs, in trial order."""
+    parent = MlflowClient().get_run(parent_id)
+    runs = MlflowClient().search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    return sorted(runs, key=lambda run: run.info.run_name)
+
+
+def test_one_parent_and_one_child_per_trial(tracked_study: tuple[RunSettings, str]) -> None:
+    settings, parent_id = tracked_study
+    parent = MlflowClient().get_run(parent_id)
+    all_runs = MlflowClient().search_runs([parent.info.experiment_id])
+    assert len(all_runs) == 4
+    children = children_of(parent_id)
+    assert [run.info.run_name for run in children] == ["trial-0000", "trial-0001", "trial-0002"]
+    assert parent.info.run_name == settings.study_name
+    assert parent.info.status == "FINISHED"
+    assert MlflowClient().get_experiment(parent.info.experiment_id).name == settings.study_name
+
+
+def test_status_tells_complete_pruned_and_failed_apart(tracked_study: tuple[RunSettings, str]) -> None:
+    _, parent_id = tracked_study
+    children = children_of(parent_id)
+    assert [run.info.status for run in children] == ["FINISHED", "KILLED", "FAILED"]
+    assert [run.data.tags["state"] for run in children] == ["COMPLETE", "PRUNED", "FAIL"]
+    assert children[2].data.tags["exception_type"] == "RuntimeError"
+    assert "simulated crash" in children[2].data.tags["exception_message"]
+    killed = MlflowClient().search_runs([children[0].info.experiment_id], filter_string="attributes.status = 'KILLED'")
+    assert [run.info.run_name for run in killed] == ["trial-0001"]
+
+
+def test_children_hold_params_tags_and_per_epoch_curves(tracked_study: tuple[RunSettings, str]) -> None:
+    settings, parent_id = tracked_study
+    client = MlflowClient()
+    for number, run in enumerate(children_of(parent_id)):
+        assert run.data.params["lr"] == str(MLP_PARAMS["lr"])
+        assert run.data.params["n_units_l0"] == "512"
+        assert run.data.params["model"] == "mlp"
+        assert run.data.tags["study_name"] == settings.study_name
+        assert run.data.tags["number"] == str(number)
+        assert "lr_distribution" in run.data.tags
+        for metric in (VAL_ACCURACY, "val_loss", "train_loss", "epoch_seconds"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), metric
+
+
+def test_trial_links_to_its_run(tracked_study: tuple[RunSettings, str]) -> None:
+    settings, parent_id = tracked_study
+    study = optuna.load_study(study_name=settings.study_name, storage=settings.storage)
+    run_ids = [trial.system_attrs["mlflow_run_id"] for trial in study.trials]
+    assert run_ids == [run.info.run_id for run in children_of(parent_id)]
+    complete = MlflowClient().get_run(run_ids[0])
+    assert complete.data.metrics[VAL_ACCURACY] == pytest.approx(study.trials[0].value)
+
+
+def test_parent_holds_settings_summary_and_artifacts(tracked_study: tuple[RunSettings, str]) -> None:
+    settings, parent_id = tracked_study
+    parent = MlflowClient().get_run(parent_id)
+    assert parent.data.params["n_trials"] == "3"
+    assert parent.data.params["storage"] == settings.storage
+    metrics = parent.data.metrics
+    assert (metrics["trials_finished"], metrics["trials_complete"]) == (3, 1)
+    assert (metrics["trials_pruned"], metrics["trials_failed"]) == (1, 1)
+    assert metrics["best_trial_number"] == 0
+    assert parent.data.params["best_lr"] == str(MLP_PARAMS["lr"])
+    artifacts = {a.path for a in MlflowClient().list_artifacts(parent_id)}
+    plots = {a.path for a in MlflowClient().list_artifacts(parent_id, "plots")}
+    assert "trials.csv" in artifacts
+    assert {"plots/optimization_history.png", "plots/intermediate_values.png"} <= plots
