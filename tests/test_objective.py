@@ -73,7 +73,7 @@ def test_max_train_samples_limits_training_data(tiny_data: FashionData, monkeypa
     sizes: list[tuple[int, int]] = []
     real_fit = objective_module.fit
 
-    def recording_fit(model, config, train, val, *args, **kwargs):  # noqa: ANN001, ANN202
+    def recording_fit(model, config, train, val, *args, **kwargs):
         sizes.append((len(train), len(val)))
         return real_fit(model, config, train, val, *args, **kwargs)
 

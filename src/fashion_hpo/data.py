@@ -101,6 +101,33 @@ def ensure_raw_files(data_dir: Path, source_dir: Path = DEBIAN_DATASET_DIR, down
     )
 
 
+def idx_problem(path: Path) -> str | None:
+    """Why an IDX file is unusable (missing, wrong magic number, wrong size), or None when it looks right."""
+    if not path.is_file():
+        return "missing"
+    with open(path, "rb") as file:
+        header = file.read(16)
+    is_images = "images" in path.name
+    magic, header_size, item_size = (2051, 16, 28 * 28) if is_images else (2049, 8, 1)
+    if len(header) < header_size or int.from_bytes(header[:4], "big") != magic:
+        return f"wrong magic number (expected {magic})"
+    expected = header_size + int.from_bytes(header[4:8], "big") * item_size
+    actual = path.stat().st_size
+    return None if actual == expected else f"truncated or padded: {actual} bytes, expected {expected}"
+
+
+def check_raw_files(data_dir: Path) -> None:
+    """Fail with the file's name and the remedy when a raw IDX file is corrupt."""
+    for name in RAW_FILES:
+        path = raw_dir(data_dir) / name
+        problem = idx_problem(path)
+        if problem is not None:
+            raise DataError(
+                f"{path} is unusable ({problem}): delete it and rerun to restore it from {DEBIAN_DATASET_DIR} "
+                "(`apt-get install --reinstall dataset-fashion-mnist` if that copy is damaged too)"
+            )
+
+
 def _read(data_dir: Path, train: bool) -> Split:
     """Read one official split through torchvision, as scaled tensors."""
     try:
@@ -117,6 +144,7 @@ def _read(data_dir: Path, train: bool) -> Split:
 def load_data(data_dir: Path, seed: int, device: torch.device | str = "cpu") -> FashionData:
     """Load FashionMNIST once: a seeded 50k/10k train/validation split of the official train set, and test."""
     ensure_raw_files(Path(data_dir))
+    check_raw_files(Path(data_dir))
     official_train, test = _read(data_dir, train=True), _read(data_dir, train=False)
     order = torch.randperm(len(official_train), generator=torch.Generator().manual_seed(seed))
     train_idx, val_idx = order[:TRAIN_SIZE], order[TRAIN_SIZE : TRAIN_SIZE + VAL_SIZE]

@@ -111,6 +111,7 @@ def resolve_device(name: str) -> torch.device:
 
 def validate(settings: RunSettings) -> torch.device:
     """Check what argument parsing cannot see; returns the device to train on."""
+    device = resolve_device(settings.device)
     check_storage(settings.storage)
-    check_data_dir(settings.data_dir)
-    return resolve_device(settings.device)
+    check_data_dir(settings.data_dir)  # last: it is the one check that may create something
+    return device

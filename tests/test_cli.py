@@ -1,0 +1,122 @@
+"""Bad flags end in one line naming the flag, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_hpo.cli import build_parser, main, settings_from_args
+from fashion_hpo.settings import RunSettings, redact_url
+from tests.conftest import REPO
+
+BAD_FLAGS = [
+    (["--n-trials", "0"], "--n-trials"),
+    (["--n-trials", "-3"], "--n-trials"),
+    (["--n-trials", "ten"], "--n-trials"),
+    (["--timeout", "-1"], "--timeout"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "1.5"], "--epochs"),
+    (["--seed", "-1"], "--seed"),
+    (["--max-train-samples", "-100"], "--max-train-samples"),
+    (["--model", "resnet"], "--model"),
+    (["--pruner", "asha"], "--pruner"),
+    (["--sampler", "grid"], "--sampler"),
+    (["--device", "tpu"], "--device"),
+    (["--storage", "not a url"], "--storage"),
+    (["--storage", "redis://localhost:6379"], "--storage"),
+    (["--storage", "sqlite:////no/such/folder/optuna.db"], "--storage"),
+]
+
+
+def run_cli(args: list[str]) -> int:
+    """The exit code of `fashion-hpo` run in this process."""
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+@pytest.mark.parametrize(("flags", "flag"), BAD_FLAGS)
+def test_bad_flag_names_itself_and_writes_nothing(
+    flags: list[str], flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run_cli(["study", "--data-dir", str(tmp_path / "data"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["data"]), "no tracking or study database written"
+
+
+def test_data_dir_that_is_a_file_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("")
+    assert run_cli(["study", "--data-dir", str(not_a_folder), "--storage", f"sqlite:///{tmp_path}/o.db"]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "not a folder" in err
+    assert not (tmp_path / "o.db").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asking for CUDA is only an error where there is none")
+def test_cuda_without_a_gpu_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["study", "--device", "cuda", "--data-dir", str(tmp_path)]) == 2
+    assert "--device" in capsys.readouterr().err
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    args = build_parser().parse_args(["study"])
+    settings = settings_from_args(args)
+    assert settings == RunSettings()
+    assert (settings.n_trials, settings.timeout, settings.epochs) == (100, 600, 10)
+    assert (settings.model, settings.pruner, settings.sampler, settings.device) == ("mlp", "median", "tpe", "auto")
+    assert settings.study_name == "fashion-mnist-mlp"
+    assert settings.storage == "sqlite:///optuna.db"
+    assert settings.registered_model_name == "fashion-mnist-classifier"
+    assert build_parser().parse_args(["study", "--model", "cnn"]).model == "cnn"
+    assert settings_from_args(build_parser().parse_args(["study", "--model", "cnn"])).study_name == "fashion-mnist-cnn"
+
+
+def test_every_flag_has_help_with_its_default() -> None:
+    study_parser = build_parser()._subparsers._group_actions[0].choices["study"]
+    for action in study_parser._actions:
+        if action.dest != "help":
+            assert action.help and "default" in action.help, action.dest
+
+
+def test_passwords_are_redacted_from_logged_settings() -> None:
+    url = "postgresql+psycopg://optuna:s3cret@db.example:5432/optuna"
+    assert redact_url(url) == "postgresql+psycopg://optuna:***@db.example:5432/optuna"
+    assert "s3cret" not in str(RunSettings(storage=url).loggable())
+    assert redact_url("sqlite:///optuna.db") == "sqlite:///optuna.db"
+
+
+def test_console_exit_code_and_single_line_from_a_real_process(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fashion_hpo", "study", "--epochs", "-2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fashion-hpo study: error: argument --epochs: must be at least 1, got -2"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mlproject_names_every_flag_with_the_same_defaults() -> None:
+    import yaml
+
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    main_entry = project["entry_points"]["main"]
+    defaults = RunSettings()
+    for name, spec in main_entry["parameters"].items():
+        assert f"--{name.replace('_', '-')} {{{name}}}" in main_entry["command"]
+        expected = "" if name == "study_name" else str(getattr(defaults, name))
+        assert str(spec["default"]) == expected, name
+    assert set(main_entry["parameters"]) == {f for f in RunSettings.__dataclass_fields__}
