@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,3 +61,33 @@ def tracking_uri(tmp_path: Path) -> Iterator[str]:
     """A fresh SQLite MLflow store for one test."""
     with temporary_tracking(tmp_path) as uri:
         yield uri
+
+
+N_TRIALS = 3
+
+
+@pytest.fixture(scope="session")
+def project_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Runs the MLproject's main entry point (tiny budget, real data) in a temporary folder holding every store
+    it writes; its registered model also serves the model-use tests."""
+    work = tmp_path_factory.mktemp("e2e")
+    # As in an activated virtual environment: the entry point's `python` is this interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)
+    params = {
+        "n_trials": N_TRIALS,
+        "epochs": 1,
+        "max_train_samples": 3000,
+        "seed": 3,
+        "data_dir": work / "data",
+        "storage": f"sqlite:///{work / 'optuna.db'}",
+    }
+    mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow_cli, "run", str(REPO), "--env-manager", "local", "--experiment-name", "e2e"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work, result

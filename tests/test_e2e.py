@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,37 +11,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, temporary_tracking
+from tests.conftest import N_TRIALS, temporary_tracking
 
 pytestmark = pytest.mark.e2e
 
-N_TRIALS, EPOCHS = 3, 1
-
-
-@pytest.fixture(scope="module")
-def project_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """Runs the MLproject's main entry point in a temporary folder that holds every store it writes."""
-    work = tmp_path_factory.mktemp("e2e")
-    # As in an activated virtual environment: the entry point's `python` is this interpreter.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(name, None)
-    params = {
-        "n_trials": N_TRIALS,
-        "epochs": EPOCHS,
-        "max_train_samples": 3000,
-        "seed": 3,
-        "data_dir": work / "data",
-        "storage": f"sqlite:///{work / 'optuna.db'}",
-    }
-    mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    command = [mlflow_cli, "run", str(REPO), "--env-manager", "local", "--experiment-name", "e2e"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return work, result
+EPOCHS = 1
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +39,7 @@ def test_project_run_is_the_parent_of_one_child_per_trial(client: MlflowClient) 
     for run in children:
         assert run.info.status in {"FINISHED", "KILLED", "FAILED"}
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert [m.step for m in history] == [1] * EPOCHS or run.info.status != "FINISHED"
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
         assert "lr" in run.data.params and "optimizer" in run.data.params
     metrics = parent.data.metrics
     assert metrics["trials_finished"] == N_TRIALS
@@ -91,20 +64,20 @@ def test_champion_loads_in_a_fresh_process_and_classifies_test_images(
 ) -> None:
     work, _ = project_run
     script = f"""
-import json, mlflow, numpy as np, torch
+import json, mlflow, numpy as np
 from torchvision.datasets import FashionMNIST
 test = FashionMNIST({str(work / "data")!r}, train=False)
 images = (test.data[:2000].numpy().astype(np.float32) / 255.0)[:, None]
 model = mlflow.pyfunc.load_model("models:/fashion-mnist-classifier@champion")
-scores = np.asarray(model.predict(images))
-accuracy = float((scores.argmax(1) == test.targets[:2000].numpy()).mean())
-print(json.dumps({{"shape": list(scores.shape), "accuracy": accuracy}}))
+frame = model.predict(images)
+accuracy = float((frame["class_index"].to_numpy() == test.targets[:2000].numpy()).mean())
+print(json.dumps({{"rows": len(frame), "accuracy": accuracy}}))
 """
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     result = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["shape"] == [2000, 10]
+    assert report["rows"] == 2000
     assert report["accuracy"] > 0.6, "well above chance (0.1)"
 
 

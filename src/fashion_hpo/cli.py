@@ -1,14 +1,18 @@
-"""Command line: `fashion-hpo study` searches, tracks, refits the best trial, tests it once, and registers it."""
+"""Command line: `fashion-hpo study | register | predict`."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from fashion_hpo.constants import MODEL_KINDS
+from fashion_hpo.constants import CHAMPION_ALIAS, DEFAULT_REGISTERED_MODEL_NAME, MODEL_KINDS, PROMOTE_CHOICES
+from fashion_hpo.predict import INVERT_CHOICES
 from fashion_hpo.settings import DEVICES, PRUNERS, SAMPLERS, RunSettings, UsageError, validate
 
 DEFAULTS = RunSettings()
@@ -37,68 +41,99 @@ def count(minimum: int) -> type:
     return parse
 
 
-def add_study_flags(parser: argparse.ArgumentParser) -> None:
-    """The `study` flags; each help text states its default."""
+def flag_specs() -> dict[str, dict[str, Any]]:
+    """Every flag of the study-side commands: argparse options, help texts stating their defaults."""
+    return {
+        "--n-trials": dict(type=count(1), default=DEFAULTS.n_trials, help="trials to run (default: %(default)s)"),
+        "--timeout": dict(
+            type=count(0),
+            default=DEFAULTS.timeout,
+            help="stop starting trials after this many seconds; 0 = no limit (default: %(default)s)",
+        ),
+        "--epochs": dict(
+            type=count(1), default=DEFAULTS.epochs, help="epochs per trial and refit (default: %(default)s)"
+        ),
+        "--model": dict(choices=MODEL_KINDS, default=DEFAULTS.model, help="architecture family (default: %(default)s)"),
+        "--pruner": dict(choices=PRUNERS, default=DEFAULTS.pruner, help="Optuna pruner (default: %(default)s)"),
+        "--sampler": dict(choices=SAMPLERS, default=DEFAULTS.sampler, help="Optuna sampler (default: %(default)s)"),
+        "--seed": dict(
+            type=count(0),
+            default=DEFAULTS.seed,
+            help="seeds the sampler, the train/validation split and torch (default: %(default)s)",
+        ),
+        "--study-name": dict(
+            default="", help="Optuna study and MLflow experiment name (default: fashion-mnist-<model>)"
+        ),
+        "--storage": dict(
+            default=DEFAULTS.storage,
+            help="Optuna storage URL; an existing study of that name is continued (default: %(default)s)",
+        ),
+        "--max-train-samples": dict(
+            type=count(0),
+            default=DEFAULTS.max_train_samples,
+            help="train each trial on this many training images; 0 = all 50,000 (default: %(default)s)",
+        ),
+        "--device": dict(
+            choices=DEVICES, default=DEFAULTS.device, help="auto picks CUDA when present (default: %(default)s)"
+        ),
+        "--data-dir": dict(
+            type=Path,
+            default=DEFAULTS.data_dir,
+            help="folder for FashionMNIST/raw; filled from Debian's dataset-fashion-mnist (default: %(default)s)",
+        ),
+        "--registered-model-name": dict(
+            default=DEFAULTS.registered_model_name,
+            help="MLflow Model Registry name of the best model (default: %(default)s)",
+        ),
+        "--promote": dict(
+            choices=PROMOTE_CHOICES,
+            default=DEFAULTS.promote,
+            help="if-better: the new model becomes @champion only if its test accuracy beats the current one, "
+            "else @challenger; always: it becomes @champion (default: %(default)s)",
+        ),
+    }
+
+
+REGISTER_FLAGS = (
+    "--study-name",
+    "--model",
+    "--storage",
+    "--seed",
+    "--device",
+    "--data-dir",
+    "--registered-model-name",
+    "--promote",
+)
+
+
+def add_predict_flags(parser: argparse.ArgumentParser) -> None:
+    """The `predict` flags."""
     add = parser.add_argument
-    add("--n-trials", type=count(1), default=DEFAULTS.n_trials, help="trials to run (default: %(default)s)")
+    add("images", nargs="*", type=Path, metavar="IMAGE", help="PNG/JPEG files to classify (any size or colour mode)")
     add(
-        "--timeout",
+        "--model-uri",
+        default=f"models:/{DEFAULT_REGISTERED_MODEL_NAME}@{CHAMPION_ALIAS}",
+        help="model to load (default: %(default)s)",
+    )
+    add(
+        "--invert",
+        choices=INVERT_CHOICES,
+        default="auto",
+        help="FashionMNIST is a light garment on a dark background: yes inverts every image, no none, auto those "
+        "whose border is light, like a photo on white (default: %(default)s)",
+    )
+    add("--json", action="store_true", help="print the predictions as JSON (default: one line per image)")
+    add(
+        "--test-samples",
         type=count(0),
-        default=DEFAULTS.timeout,
-        help="stop starting trials after this many seconds; 0 = no limit (default: %(default)s)",
-    )
-    add(
-        "--epochs",
-        type=count(1),
-        default=DEFAULTS.epochs,
-        help="epochs per trial and refit (default: %(default)s)",
-    )
-    add(
-        "--model",
-        choices=MODEL_KINDS,
-        default=DEFAULTS.model,
-        help="architecture family (default: %(default)s)",
-    )
-    add("--pruner", choices=PRUNERS, default=DEFAULTS.pruner, help="Optuna pruner (default: %(default)s)")
-    add("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler, help="Optuna sampler (default: %(default)s)")
-    add(
-        "--seed",
-        type=count(0),
-        default=DEFAULTS.seed,
-        help="seeds the sampler, the train/validation split and torch (default: %(default)s)",
-    )
-    add(
-        "--study-name",
-        default="",
-        help="Optuna study and MLflow experiment name (default: fashion-mnist-<model>)",
-    )
-    add(
-        "--storage",
-        default=DEFAULTS.storage,
-        help="Optuna storage URL; an existing study of that name is continued (default: %(default)s)",
-    )
-    add(
-        "--max-train-samples",
-        type=count(0),
-        default=DEFAULTS.max_train_samples,
-        help="train each trial on this many training images; 0 = all 50,000 (default: %(default)s)",
-    )
-    add(
-        "--device",
-        choices=DEVICES,
-        default=DEFAULTS.device,
-        help="auto picks CUDA when present (default: %(default)s)",
+        default=0,
+        help="instead of files, classify this many official test images and print the accuracy (default: %(default)s)",
     )
     add(
         "--data-dir",
         type=Path,
         default=DEFAULTS.data_dir,
-        help="folder for FashionMNIST/raw, filled from Debian's dataset-fashion-mnist if empty (default: %(default)s)",
-    )
-    add(
-        "--registered-model-name",
-        default=DEFAULTS.registered_model_name,
-        help="MLflow Model Registry name of the best model (default: %(default)s)",
+        help="FashionMNIST folder for --test-samples (default: %(default)s)",
     )
 
 
@@ -106,31 +141,85 @@ def build_parser() -> argparse.ArgumentParser:
     """The `fashion-hpo` parser and its subcommands."""
     parser = OneLineParser(prog="fashion-hpo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    add_study_flags(commands.add_parser("study", help="run the tracked study and register the best model"))
+    study = commands.add_parser("study", help="run the tracked study, then refit, test and register the best model")
+    for flag, spec in flag_specs().items():
+        study.add_argument(flag, **spec)
+    study.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="search only; register later with `fashion-hpo register` (default: register)",
+    )
+    register = commands.add_parser("register", help="refit, test and register the best trial of an existing study")
+    for flag, spec in flag_specs().items():
+        if flag in REGISTER_FLAGS:
+            register.add_argument(flag, **spec)
+    add_predict_flags(commands.add_parser("predict", help="classify images with a registered model"))
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
-    """The run settings named by the parsed flags."""
-    return RunSettings(**{f.name: getattr(args, f.name) for f in fields(RunSettings)})
+    """The run settings named by the parsed flags (defaults for flags the command does not take)."""
+    return RunSettings(**{f.name: getattr(args, f.name) for f in fields(RunSettings) if hasattr(args, f.name)})
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Dispatch a parsed command line; user-fixable problems raise UsageError."""
+    if args.command == "predict":
+        return run_predict_command(args)
+    settings = settings_from_args(args)
+    device = validate(settings)
+    # Imported here so that `--help` and bad flags answer without loading torch, MLflow and Optuna.
+    from fashion_hpo.data import DataError
+    from fashion_hpo.pipeline import run_register, run_study
+
+    try:
+        return run_study(settings, device) if args.command == "study" else run_register(settings, device)
+    except DataError as err:
+        raise UsageError("--data-dir", str(err)) from err
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    """`fashion-hpo predict`: files, or --test-samples."""
+    from fashion_hpo.data import DataError
+    from fashion_hpo.predict import ModelLoadError, run_predict, run_test_samples
+
+    args.images = [path for path in args.images if str(path) not in ("", ".")]  # MLproject passes '' for none
+    if not args.images and not args.test_samples:
+        raise UsageError("IMAGE", "give image files to classify, or --test-samples N")
+    try:
+        if args.test_samples:
+            return run_test_samples(args.model_uri, args.data_dir, args.test_samples)
+        return run_predict(args.model_uri, args.images, args.invert, args.json)
+    except ModelLoadError as err:
+        raise UsageError("--model-uri", str(err)) from err
+    except DataError as err:
+        raise UsageError("--data-dir", str(err)) from err
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: runs are closed as KILLED, finished trials are kept."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM handler."""
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fashion-hpo` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    prog = f"{parser.prog} {args.command}"
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        settings = settings_from_args(args)
-        device = validate(settings)
-        # Imported here so that `--help` and bad flags answer without loading torch, MLflow and Optuna.
-        from fashion_hpo.data import DataError
-        from fashion_hpo.pipeline import run_study
-
-        try:
-            return run_study(settings, device)
-        except DataError as err:
-            raise UsageError("--data-dir", str(err)) from err
+        return run_command(args)
     except UsageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+        print(
+            f"{parser.prog} {args.command}: interrupted ({name}); rerun the same command to continue", file=sys.stderr
+        )
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)

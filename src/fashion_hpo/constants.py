@@ -31,3 +31,5 @@ CLASS_NAMES = (
 MODEL_KINDS = ("mlp", "cnn")
 DEFAULT_REGISTERED_MODEL_NAME = "fashion-mnist-classifier"
 CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+PROMOTE_CHOICES = ("if-better", "always")

@@ -170,3 +170,10 @@ def batches(
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         yield split.images[idx], split.labels[idx]
+
+
+def load_test_split(data_dir: Path) -> Split:
+    """Only the official 10,000 test images, on the CPU (for checking a trained model)."""
+    ensure_raw_files(Path(data_dir))
+    check_raw_files(Path(data_dir))
+    return _read(data_dir, train=False)

@@ -34,6 +34,7 @@ def make_objective(
     train = data.train.head(max_train_samples)
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("model", kind)
         config = suggest_config(trial, kind)
         torch.manual_seed(trial_seed(seed, trial.number))
         model = build_model(config.model).to(device)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlflow
+import optuna
 import torch
 from mlflow.entities.model_registry import ModelVersion
 from optuna.trial import FrozenTrial
@@ -14,10 +16,10 @@ from fashion_hpo.constants import CHAMPION_ALIAS, OPTIMIZED_METRIC
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.models import build_model
 from fashion_hpo.objective import make_objective, trial_seed
-from fashion_hpo.registry import ModelCard, log_model, register
+from fashion_hpo.registry import ModelCard, find_version, log_model, promote, register
 from fashion_hpo.search_space import config_from_params
 from fashion_hpo.settings import RunSettings, redact_url
-from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
+from fashion_hpo.study import best_trial, load_existing_study, open_study, run_search, trial_counts
 from fashion_hpo.tracking import log_epoch, log_study_summary, log_test_results, parent_run, tracked_objective
 from fashion_hpo.training import Evaluation, confusion_matrix, evaluate, fit
 
@@ -33,7 +35,7 @@ class FinalModel:
 
 def refit_and_test(data: FashionData, best: FrozenTrial, settings: RunSettings, device: torch.device) -> FinalModel:
     """Retrain the best trial's config on all 60,000 training images, then evaluate once on the test set."""
-    config = config_from_params(best.params, settings.model)
+    config = config_from_params(best.params, best.user_attrs.get("model", settings.model))
     epochs = max(best.intermediate_values, default=settings.epochs)
     torch.manual_seed(trial_seed(settings.seed, best.number))
     model = build_model(config.model).to(device)
@@ -41,14 +43,45 @@ def refit_and_test(data: FashionData, best: FrozenTrial, settings: RunSettings, 
     return FinalModel(model, evaluate(model, data.test), confusion_matrix(model, data.test))
 
 
-def publish(
-    final: FinalModel, data: FashionData, best: FrozenTrial, settings: RunSettings, run_id: str
-) -> ModelVersion:
-    """Log test results and the model on the parent run, and register it as the champion."""
+@dataclass(frozen=True)
+class Registration:
+    """Where the study's best model ended up in the registry, and why it got its alias."""
+
+    version: ModelVersion
+    alias: str
+    reason: str
+    test: Evaluation | None
+
+
+def register_best(
+    data: FashionData, best: FrozenTrial, settings: RunSettings, device: torch.device, run_id: str
+) -> Registration:
+    """Refit, test once, log and register the best trial, then promote it; a trial registered before is reused."""
+    kind = best.user_attrs.get("model", settings.model)
+    card = ModelCard(settings.study_name, best.number, kind, best.value, math.nan, best.params)
+    existing = find_version(settings.registered_model_name, card)
+    if existing is not None:
+        reason = f"trial {best.number} is already registered as version {existing.version}; nothing new to register"
+        mlflow.set_tags({"registered_version": existing.version, "promotion": reason})
+        return Registration(existing, ", ".join(existing.aliases) or "none", reason, None)
+    final = refit_and_test(data, best, settings, device)
     log_test_results(final.test, final.confusion)
-    card = ModelCard(settings.study_name, best.number, settings.model, best.value, final.test.accuracy)
+    card = replace(card, test_accuracy=final.test.accuracy)
     info = log_model(final.model, data.test.images[:4].cpu().numpy(), card)
-    return register(info.model_uri, settings.registered_model_name, card, run_id)
+    version = register(info.model_uri, settings.registered_model_name, card, run_id)
+    alias, reason = promote(version, final.test.accuracy, settings.promote)
+    mlflow.set_tags({"registered_version": version.version, "alias": alias, "promotion": reason})
+    return Registration(version, alias, reason, final.test)
+
+
+def print_registration(registration: Registration) -> None:
+    """The test result and where the model is, with why it has its alias."""
+    version = registration.version
+    if registration.test is not None:
+        test = registration.test
+        print(f"Test accuracy of the refit best model: {test.accuracy:.4f} (loss {test.loss:.4f})")
+    print(f"Registered: models:/{version.name}/{version.version} (alias @{registration.alias}: {registration.reason})")
+    print(f"Load it with mlflow.pyfunc.load_model('models:/{version.name}@{CHAMPION_ALIAS}')")
 
 
 def print_summary(counts: dict[str, int], best: FrozenTrial | None, settings: RunSettings) -> None:
@@ -63,31 +96,49 @@ def print_summary(counts: dict[str, int], best: FrozenTrial | None, settings: Ru
         print(f"    {name}: {value}")
 
 
+def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
+    """Print and log the study's trial counts and best trial (also after an interrupt); returns the best."""
+    counts, best = trial_counts(study), best_trial(study)
+    print_summary(counts, best, settings)
+    log_study_summary(study, counts, best)
+    return best
+
+
 def run_study(settings: RunSettings, device: torch.device) -> int:
     """Search, track, refit, test and register; returns the exit code."""
     data = load_data(settings.data_dir, settings.seed, device)
     study = open_study(settings)
     with parent_run(settings) as run_id:
         objective = make_objective(
-            data,
-            settings.model,
-            settings.epochs,
-            settings.seed,
-            device,
-            settings.max_train_samples,
-            log_epoch,
+            data, settings.model, settings.epochs, settings.seed, device, settings.max_train_samples, log_epoch
         )
         tracked, tracker = tracked_objective(objective, settings)
-        run_search(study, tracked, settings, callbacks=[tracker])
-        counts, best = trial_counts(study), best_trial(study)
-        log_study_summary(study, counts, best)
-        print_summary(counts, best, settings)
+        try:
+            run_search(study, tracked, settings, callbacks=[tracker])
+        except KeyboardInterrupt:
+            tracker.mark_interrupted()
+            summarize(study, settings)
+            raise
+        best = summarize(study, settings)
         if best is None:
             print("No trial completed, so no model was registered.", file=sys.stderr)
             return 1
-        final = refit_and_test(data, best, settings, device)
-        version = publish(final, data, best, settings, run_id)
-    print(f"Test accuracy of the refit best model: {final.test.accuracy:.4f} (loss {final.test.loss:.4f})")
-    print(f"Registered: models:/{version.name}/{version.version} (alias: models:/{version.name}@{CHAMPION_ALIAS})")
+        registration = register_best(data, best, settings, device, run_id) if settings.register else None
+    if registration is not None:
+        print_registration(registration)
     print(f"Compare the trials: mlflow ui --backend-store-uri {redact_url(mlflow.get_tracking_uri())}")
+    return 0
+
+
+def run_register(settings: RunSettings, device: torch.device) -> int:
+    """Refit and register the best trial of an existing study, without searching; returns the exit code."""
+    study = load_existing_study(settings)
+    best = best_trial(study)
+    if best is None:
+        print(f"Study {settings.study_name!r} has no complete trial yet: nothing to register.", file=sys.stderr)
+        return 1
+    data = load_data(settings.data_dir, settings.seed, device)
+    with parent_run(settings, run_name=f"register-{settings.study_name}") as run_id:
+        registration = register_best(data, best, settings, device, run_id)
+    print_registration(registration)
     return 0

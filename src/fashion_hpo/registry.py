@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.models import ModelSignature
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+from mlflow.types.schema import Array
 from torch import nn
 
 import fashion_hpo
-from fashion_hpo.constants import CHAMPION_ALIAS, CLASS_NAMES
+from fashion_hpo import serving
+from fashion_hpo.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLASS_NAMES
 from fashion_hpo.models import IMAGE_SHAPE, N_CLASSES
 
 MODEL_ARTIFACT = "model"
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *IMAGE_SHAPE))]),
-    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, N_CLASSES))]),
+    outputs=Schema(
+        [
+            ColSpec(DataType.long, "class_index"),
+            ColSpec(DataType.string, "class_name"),
+            ColSpec(Array(DataType.double), "probabilities"),
+        ]
+    ),
 )
 CONTRACT = (
     "Input: float32 array (N, 1, 28, 28) of pixel intensities in [0, 1], light garment on dark background "
-    "as in FashionMNIST (normalization happens inside the model). Output: float32 array (N, 10) of class "
-    "scores (logits; argmax is the predicted class, softmax gives probabilities), columns in class order: "
+    "as in FashionMNIST; normalization happens inside the model. Output (mlflow.pyfunc): one row per image with "
+    f"class_index, class_name and probabilities (the {N_CLASSES} class probabilities in class order: "
     + ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
-    + "."
+    + "). mlflow.pytorch.load_model returns the torch module, whose output is the (N, 10) logits."
 )
 
 
@@ -42,6 +53,7 @@ class ModelCard:
     model_kind: str
     val_accuracy: float
     test_accuracy: float
+    params: dict[str, object] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
         """Version tags, as strings."""
@@ -60,29 +72,65 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch_version}", f"numpy>={np.__version__.split('.')[0]}"]
 
 
-def log_model(model: nn.Module, example: np.ndarray, card: ModelCard) -> mlflow.models.model.ModelInfo:
-    """Log the model (on CPU) to the active run with signature, input example and the package's code."""
-    return mlflow.pytorch.log_model(
-        model.to("cpu").eval(),
-        name=MODEL_ARTIFACT,
-        signature=SIGNATURE,
-        input_example=example.astype(np.float32),
-        pip_requirements=pip_requirements(),
-        # The pickled model refers to fashion_hpo.models; shipping the package makes it load anywhere.
-        code_paths=[str(Path(fashion_hpo.__file__).parent)],
-        metadata={"class_names": list(CLASS_NAMES), "contract": CONTRACT, **card.tags()},
+def flavor_kwargs(model: nn.Module, example: np.ndarray) -> dict[str, Any]:
+    """How the model is saved: the torch module on CPU, signature, input example, requirements, shipped code."""
+    return {
+        "pytorch_model": model.to("cpu").eval(),
+        "signature": SIGNATURE,
+        "input_example": example.astype(np.float32),
+        "pip_requirements": pip_requirements(),
+        # The pickled module and the pyfunc live in fashion_hpo; shipping the package makes them load anywhere.
+        "code_paths": [str(Path(fashion_hpo.__file__).parent)],
+    }
+
+
+def log_model(model: nn.Module, example: np.ndarray, card: ModelCard) -> ModelInfo:
+    """Log the model to the active run: pytorch flavor plus this project's pyfunc contract."""
+    metadata = {"class_names": list(CLASS_NAMES), "contract": CONTRACT, **card.tags()}
+    return Model.log(
+        artifact_path=None, name=MODEL_ARTIFACT, flavor=serving, metadata=metadata, **flavor_kwargs(model, example)
     )
+
+
+def find_version(name: str, card: ModelCard) -> ModelVersion | None:
+    """The version already registered from the same study's same best trial, if any."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    for version in versions:
+        tags = version.tags
+        if tags.get("study_name") == card.study_name and tags.get("best_trial_number") == str(card.trial_number):
+            return version
+    return None
 
 
 def register(model_uri: str, name: str, card: ModelCard, run_id: str) -> ModelVersion:
-    """Register `model_uri` under `name`, tag and describe the version, and make it the champion."""
-    version = mlflow.register_model(model_uri, name, tags=card.tags())
-    client = MlflowClient()
+    """Register `model_uri` under `name`, with tags and a description that trace it back to its trial."""
+    version = mlflow.register_model(model_uri, name, tags={**card.tags(), "parent_run_id": run_id})
     description = (
         f"Best trial {card.trial_number} of study {card.study_name!r} ({card.model_kind}); "
         f"validation accuracy {card.val_accuracy:.4f}, test accuracy {card.test_accuracy:.4f}; "
-        f"parent run {run_id}. {CONTRACT}"
+        f"parent run {run_id}; params {json.dumps(card.params, sort_keys=True)}. {CONTRACT}"
     )
-    client.update_model_version(name, version.version, description=description)
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
-    return client.get_model_version(name, version.version)
+    MlflowClient().update_model_version(name, version.version, description=description)
+    return MlflowClient().get_model_version(name, version.version)
+
+
+def promote(version: ModelVersion, test_accuracy: float, policy: str) -> tuple[str, str]:
+    """Point `champion` at the version if it beats the current champion (a tie keeps the incumbent), else
+    `challenger`; returns the alias and the reason."""
+    client = MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(version.name, CHAMPION_ALIAS)
+    except MlflowException:
+        champion = None
+    if champion is None or str(champion.version) == str(version.version):
+        alias, reason = CHAMPION_ALIAS, "first registered model" if champion is None else "already champion"
+    elif policy == "always":
+        alias, reason = CHAMPION_ALIAS, f"--promote always replaced version {champion.version}"
+    else:
+        incumbent = float(champion.tags.get("test_accuracy", "-inf"))
+        better = round(test_accuracy, 4) > incumbent  # tags hold 4 decimals: k/10,000 test images
+        alias = CHAMPION_ALIAS if better else CHALLENGER_ALIAS
+        comparison = "beats" if better else "does not beat"
+        reason = f"test accuracy {test_accuracy:.4f} {comparison} champion version {champion.version} ({incumbent:.4f})"
+    client.set_registered_model_alias(version.name, alias, version.version)
+    return alias, reason

@@ -47,6 +47,8 @@ class RunSettings:
     device: str = "auto"
     data_dir: Path = field(default_factory=lambda: Path("data"))
     registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME
+    register: bool = True
+    promote: str = "if-better"
 
     def __post_init__(self) -> None:
         if not self.study_name:

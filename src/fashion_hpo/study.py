@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.constants import DIRECTION
-from fashion_hpo.settings import RunSettings
+from fashion_hpo.settings import RunSettings, UsageError, redact_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -35,7 +35,7 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def open_study(settings: RunSettings) -> optuna.Study:
     """Create the study, or load it when it exists so that rerunning a command continues it."""
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=settings.study_name,
         storage=settings.storage,
         sampler=make_sampler(settings.sampler, settings.seed),
@@ -43,6 +43,25 @@ def open_study(settings: RunSettings) -> optuna.Study:
         direction=DIRECTION,
         load_if_exists=True,
     )
+    kind = study.user_attrs.get("model")
+    if kind is None:
+        study.set_user_attr("model", settings.model)
+    elif kind != settings.model:
+        raise UsageError(
+            "--model",
+            f"study {settings.study_name!r} searches {kind!r} models; use --model {kind} or another --study-name",
+        )
+    return study
+
+
+def load_existing_study(settings: RunSettings) -> optuna.Study:
+    """The study named in the settings, which must already exist in the storage."""
+    try:
+        return optuna.load_study(study_name=settings.study_name, storage=settings.storage)
+    except KeyError:
+        raise UsageError(
+            "--study-name", f"no study {settings.study_name!r} in {redact_url(settings.storage)}"
+        ) from None
 
 
 def run_search(

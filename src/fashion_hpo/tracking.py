@@ -55,6 +55,7 @@ class TrialTracker(MLflowCallback):
     """optuna-integration's MLflowCallback, with readable run names and statuses per trial state."""
 
     def __init__(self) -> None:
+        self.interrupted_run_id: str | None = None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "MLflowCallback has been deprecated", FutureWarning)
             super().__init__(
@@ -73,6 +74,12 @@ class TrialTracker(MLflowCallback):
         if run_id is not None:
             status = RUN_STATUS.get(trial.state, "FAILED")
             MlflowClient().update_run(run_id, status=status, name=trial_run_name(trial.number))
+
+    def mark_interrupted(self) -> None:
+        """End the run of the trial that an interrupt stopped as KILLED (MLflow ended it FAILED)."""
+        if self.interrupted_run_id is not None:
+            MlflowClient().set_tag(self.interrupted_run_id, "interrupted", "true")
+            MlflowClient().update_run(self.interrupted_run_id, status="KILLED")
 
     def track(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
         """Wrap the objective so each trial runs inside its own nested MLflow run."""
@@ -99,6 +106,9 @@ def tracked_objective(
         try:
             return objective(trial)
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            tracker.interrupted_run_id = mlflow.active_run().info.run_id
             raise
         except Exception as err:
             trial.set_user_attr("exception_type", type(err).__name__)
@@ -127,18 +137,18 @@ def choose_experiment(study_name: str) -> None:
 
 
 @contextmanager
-def parent_run(settings: RunSettings) -> Iterator[str]:
-    """The study invocation's run (under `mlflow run`, the project's own run), ended with the right status."""
+def parent_run(settings: RunSettings, run_name: str | None = None) -> Iterator[str]:
+    """The invocation's run (under `mlflow run`, the project's own run), ended with the right status."""
     choose_experiment(settings.study_name)
-    run = mlflow.start_run(run_name=settings.study_name, tags={STUDY_TAG: settings.study_name})
+    run = mlflow.start_run(run_name=run_name or settings.study_name, tags={STUDY_TAG: settings.study_name})
     try:
         # `mlflow run` already logged the entry point's parameters; MLflow forbids changing a param.
         logged = run.data.params
         mlflow.log_params({k: v for k, v in settings.loggable().items() if k not in logged})
         yield run.info.run_id
     except KeyboardInterrupt:
-        mlflow.set_tag("interrupted", "true")
-        mlflow.end_run("KILLED")
+        mlflow.end_run("KILLED")  # first, so that a second Ctrl-C cannot leave the run RUNNING
+        MlflowClient().set_tag(run.info.run_id, "interrupted", "true")
         raise
     except BaseException:
         mlflow.end_run("FAILED")

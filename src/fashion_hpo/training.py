@@ -101,10 +101,13 @@ def fit(
     """Train for `epochs` epochs, evaluating on `val` after each; `on_epoch` may stop early by raising."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, config)
+    # Cosine decay to zero over the run: the last epoch, which is the trial's value, is the settled one.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train_loss = train_epoch(model, optimizer, train, config.batch_size, generator)
+        schedule.step()
         scores = evaluate(model, val) if val is not None else Evaluation(math.nan, math.nan)
         history.append(EpochResult(epoch, train_loss, scores, time.perf_counter() - start))
         if on_epoch is not None:

@@ -1,0 +1,134 @@
+"""Use a registered model: classify image files, or check it on the test set."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+from fashion_hpo.constants import CLASS_NAMES
+
+INVERT_CHOICES = ("auto", "yes", "no")
+
+
+class ModelLoadError(RuntimeError):
+    """The model URI does not resolve to a loadable model."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified image."""
+
+    source: str
+    class_index: int
+    class_name: str
+    probability: float
+
+    def line(self) -> str:
+        """The human-readable line: file, class name, probability."""
+        return f"{self.source}\t{self.class_name}\t{self.probability:.4f}"
+
+
+def load_model(model_uri: str) -> Any:
+    """The pyfunc model at `model_uri`, or ModelLoadError with MLflow's reason in one line."""
+    import mlflow.pyfunc
+
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load {model_uri!r}: {reason}") from None
+
+
+def read_image(path: Path, invert: str = "auto") -> np.ndarray:
+    """An image file as float32 (1, 28, 28) in [0, 1], light garment on dark like FashionMNIST."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        gray = image.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    if invert == "yes" or (invert == "auto" and border_mean(pixels) > 0.5):
+        pixels = 1.0 - pixels
+    return pixels[None]
+
+
+def border_mean(pixels: np.ndarray) -> float:
+    """Mean intensity of the outermost pixel ring: above 0.5 means a light background (a photo on white)."""
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    return float(ring.mean())
+
+
+def predict_frame(model: Any, images: np.ndarray) -> pd.DataFrame:
+    """The pyfunc's predictions for any number of (N, 1, 28, 28) images, in batches it accepts."""
+    import pandas as pd
+
+    from fashion_hpo.serving import MAX_BATCH
+
+    images = images.astype(np.float32)
+    return pd.concat([model.predict(images[i : i + MAX_BATCH]) for i in range(0, len(images), MAX_BATCH)])
+
+
+def classify(model: Any, images: np.ndarray, sources: list[str]) -> list[Prediction]:
+    """Predictions for a batch of (N, 1, 28, 28) images through the pyfunc contract."""
+    frame = predict_frame(model, images)
+    return [
+        Prediction(source, int(row.class_index), row.class_name, float(max(row.probabilities)))
+        for source, row in zip(sources, frame.itertuples(index=False), strict=True)
+    ]
+
+
+def classify_files(model: Any, paths: list[Path], invert: str) -> tuple[list[Prediction], list[str]]:
+    """Classify every readable image; unreadable ones become one error line each."""
+    images, sources, errors = [], [], []
+    for path in paths:
+        try:
+            images.append(read_image(path, invert))
+            sources.append(str(path))
+        except (OSError, ValueError) as err:
+            errors.append(f"{path}: error: cannot read image ({type(err).__name__}: {err})")
+    predictions = classify(model, np.stack(images), sources) if images else []
+    return predictions, errors
+
+
+def print_predictions(predictions: list[Prediction], as_json: bool) -> None:
+    """One line per image, or one JSON document."""
+    if as_json:
+        records = [p.__dict__ for p in predictions]
+        print(json.dumps({"predictions": records}, indent=2))
+        return
+    for prediction in predictions:
+        print(prediction.line())
+
+
+def test_set_accuracy(model: Any, data_dir: Path, n: int) -> tuple[int, float]:
+    """Accuracy of the model on the first n official test images (all when n exceeds 10,000)."""
+    from fashion_hpo.data import load_test_split
+
+    test = load_test_split(data_dir).head(n)
+    predicted = predict_frame(model, test.images.numpy())["class_index"].to_numpy()
+    return len(test), float((predicted == test.labels.numpy()).mean())
+
+
+def run_predict(model_uri: str, paths: list[Path], invert: str, as_json: bool) -> int:
+    """The `predict IMAGE...` command; exit code 1 when any file could not be classified."""
+    model = load_model(model_uri)
+    predictions, errors = classify_files(model, paths, invert)
+    print_predictions(predictions, as_json)
+    for error in errors:
+        print(error, file=sys.stderr)
+    return 1 if errors else 0
+
+
+def run_test_samples(model_uri: str, data_dir: Path, n: int) -> int:
+    """The `predict --test-samples N` command: a quick check that the registered model works."""
+    model = load_model(model_uri)
+    count, accuracy = test_set_accuracy(model, data_dir, n)
+    print(f"{model_uri}: accuracy {accuracy:.4f} on {count} test images ({len(CLASS_NAMES)} classes)")
+    return 0

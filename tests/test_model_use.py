@@ -1,0 +1,203 @@
+"""Using the registered champion: portable loading, `fashion-hpo predict`, and `mlflow models serve`.
+
+All of it runs against the model that the end-to-end `mlflow run` (tiny budget, real images) registered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from torchvision.datasets import FashionMNIST
+
+from fashion_hpo.cli import main
+from tests.conftest import REPO, temporary_tracking
+
+pytestmark = pytest.mark.e2e
+CHAMPION = "models:/fashion-mnist-classifier@champion"
+
+
+@pytest.fixture(scope="module")
+def work(project_run: tuple[Path, subprocess.CompletedProcess[str]]) -> Iterator[Path]:
+    """The end-to-end run's folder, with MLflow pointed at its store."""
+    folder, _ = project_run
+    with temporary_tracking(folder):
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def test_images(work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The first 1,000 official test images as float32 (N, 1, 28, 28) in [0, 1], and their labels."""
+    test = FashionMNIST(str(work / "data"), train=False)
+    return (test.data[:1000].numpy().astype(np.float32) / 255.0)[:, None], test.targets[:1000].numpy()
+
+
+def test_champion_loads_where_fashion_hpo_is_not_importable(work: Path) -> None:
+    """A service with mlflow and torch only: the project's source and its installed copy are hidden."""
+    script = f"""
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+sys.path[:] = [p for p in sys.path if p not in ("", {str(REPO)!r}, {str(REPO / "src")!r})]
+try:
+    import fashion_hpo
+    raise SystemExit("fashion_hpo is still importable before loading")
+except ImportError:
+    pass
+import mlflow, numpy as np
+model = mlflow.pyfunc.load_model({CHAMPION!r})
+frame = model.predict(np.zeros((2, 1, 28, 28), dtype=np.float32))
+import fashion_hpo
+print(list(frame.columns), fashion_hpo.__file__)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    columns, module_file = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert columns == "['class_index', 'class_name', 'probabilities']"
+    assert str(REPO / "src") not in module_file, "the code came from the model's artifacts, not the project"
+
+
+def test_predict_test_samples_reports_accuracy(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "--test-samples", "2000", "--data-dir", str(work / "data")]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("accuracy ")[1].split()[0])
+    assert "on 2000 test images" in out and accuracy > 0.6
+
+
+def confident_examples(test_images: tuple[np.ndarray, np.ndarray]) -> list[int]:
+    """Indices of test images the champion classifies right with probability above 0.9."""
+    import mlflow
+
+    images, labels = test_images
+    frame = mlflow.pyfunc.load_model(CHAMPION).predict(images[:200])
+    return [
+        i for i, row in enumerate(frame.itertuples()) if row.class_index == labels[i] and max(row.probabilities) > 0.9
+    ]
+
+
+def test_predict_classifies_files_and_reports_bad_ones(
+    work: Path, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, labels = test_images
+    first, second = confident_examples(test_images)[:2]
+    as_in_dataset = tmp_path / "dataset.png"
+    Image.fromarray((images[first, 0] * 255).astype(np.uint8)).save(as_in_dataset)
+    photo_like = tmp_path / "photo.jpg"  # dark garment on white, colour, larger: as a phone photo would be
+    inverted = Image.fromarray(((1 - images[second, 0]) * 255).astype(np.uint8)).resize((112, 112))
+    inverted.convert("RGB").save(photo_like, quality=95)
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+
+    args = ["predict", str(as_in_dataset), str(not_an_image), str(photo_like)]
+    assert main(args) == 1, "one file failed"
+    out, err = capsys.readouterr()
+    lines = [line.split("\t") for line in out.strip().splitlines()]
+    from fashion_hpo.constants import CLASS_NAMES
+
+    assert [(Path(f).name, c) for f, c, _ in lines] == [
+        ("dataset.png", CLASS_NAMES[labels[first]]),
+        ("photo.jpg", CLASS_NAMES[labels[second]]),
+    ]
+    assert all(0.0 <= float(p) <= 1.0 for _, _, p in lines)
+    assert err.count("\n") == 1 and "notes.png: error: cannot read image" in err
+
+    assert main(["predict", "--json", str(as_in_dataset)]) == 0
+    record = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert record["class_name"] == CLASS_NAMES[labels[first]] and record["class_index"] == labels[first]
+
+
+def test_unknown_model_uri_is_one_line_exit_2(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["predict", "--model-uri", "models:/fashion-mnist-classifier@nosuchalias", "--test-samples", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--model-uri" in err and "nosuchalias" in err
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, payload: bytes) -> tuple[int, dict]:
+    """POST a JSON body; returns the status and the decoded answer, also for 4xx."""
+    request = urllib.request.Request(url, payload, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(work: Path) -> Iterator[str]:
+    """`mlflow models serve` for the champion on a free loopback port."""
+    port = free_port()
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    command = ["mlflow", "models", "serve", "-m", CHAMPION, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(work / "serve.log", "w")  # noqa: SIM115 - closed below, after the server stops
+    process = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        assert process.poll() is None, (work / "serve.log").read_text()[-3000:]
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_served_model_classifies_real_images(server: str, test_images: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = test_images
+    status, answer = post(f"{server}/invocations", json.dumps({"inputs": images[:300].tolist()}).encode())
+    assert status == 200, answer
+    predictions = answer["predictions"]
+    assert set(predictions[0]) == {"class_index", "class_name", "probabilities"}
+    accuracy = np.mean([p["class_index"] == label for p, label in zip(predictions, labels[:300], strict=True)])
+    assert accuracy > 0.6
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        json.dumps({"inputs": np.zeros((2, 1, 14, 14)).tolist()}),  # wrong shape
+        json.dumps({"inputs": [[[["white"] * 28] * 28]]}),  # strings
+        json.dumps({"inputs": np.full((1, 1, 28, 28), np.nan).tolist()}),  # NaN
+        json.dumps({"inputs": np.full((1, 1, 28, 28), 255).tolist()}),  # 0-255 pixels
+        json.dumps({"inputs": []}),  # empty
+        json.dumps({"inputs": np.zeros((4097, 1, 28, 28), dtype=np.int8).tolist()}),  # oversized batch
+        '{"inputs": [1, 2',  # not JSON
+        json.dumps({"images": [1]}),  # unknown key
+    ],
+    ids=["shape", "strings", "nan", "range", "empty", "oversized", "not-json", "unknown-key"],
+)
+def test_bad_payload_gets_a_4xx_and_the_server_keeps_answering(
+    server: str, payload: str, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    status, answer = post(f"{server}/invocations", payload.encode())
+    assert 400 <= status < 500, (status, answer)
+    assert answer.get("message"), answer
+    status, _ = post(f"{server}/invocations", json.dumps({"inputs": test_images[0][:2].tolist()}).encode())
+    assert status == 200

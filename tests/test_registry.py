@@ -1,0 +1,109 @@
+"""The registered model's contract, and champion / challenger promotion, on a tiny untrained model."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+
+from fashion_hpo import serving
+from fashion_hpo.constants import CLASS_NAMES
+from fashion_hpo.models import MLPConfig, build_model
+from fashion_hpo.registry import ModelCard, find_version, flavor_kwargs, log_model, promote, register
+
+NAME = "fashion-mnist-classifier"
+
+
+def register_tiny(test_accuracy: float, trial_number: int = 0, policy: str = "if-better") -> tuple[str, str, str]:
+    """Log and register a small model with the given test accuracy; returns (version, alias, reason)."""
+    card = ModelCard("s", trial_number, "mlp", 0.5, test_accuracy, {"lr": 0.001})
+    torch.manual_seed(trial_number)
+    model = build_model(MLPConfig(hidden_units=(8,), dropouts=(0.0,)))
+    with mlflow.start_run() as run:
+        info = log_model(model, np.random.rand(2, 1, 28, 28).astype(np.float32), card)
+        version = register(info.model_uri, NAME, card, run.info.run_id)
+        alias, reason = promote(version, test_accuracy, policy)
+    return str(version.version), alias, reason
+
+
+def champion() -> str:
+    return str(MlflowClient().get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_only_a_better_model_takes_the_champion_alias(tracking_uri: str) -> None:
+    assert register_tiny(0.85, 0)[:2] == ("1", "champion")
+    worse = register_tiny(0.84, 1)
+    assert worse[:2] == ("2", "challenger") and "does not beat champion version 1" in worse[2]
+    assert register_tiny(0.85, 2)[:2] == ("3", "challenger"), "a tie keeps the incumbent"
+    assert champion() == "1"
+    assert register_tiny(0.86, 3)[:2] == ("4", "champion")
+    assert register_tiny(0.10, 4, policy="always")[:2] == ("5", "champion")
+    assert champion() == "5"
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "challenger").version) == "3"
+
+
+def test_version_records_its_lineage_and_is_found_again(tracking_uri: str) -> None:
+    register_tiny(0.8, trial_number=7)
+    version = MlflowClient().get_model_version(NAME, "1")
+    assert version.tags["study_name"] == "s" and version.tags["best_trial_number"] == "7"
+    assert version.tags["test_accuracy"] == "0.8000" and version.tags["model_kind"] == "mlp"
+    assert version.tags["parent_run_id"] == version.run_id
+    assert '"lr": 0.001' in version.description and "class_name" in version.description
+    card = ModelCard("s", 7, "mlp", 0.5, math.nan)
+    assert str(find_version(NAME, card).version) == "1"
+    assert find_version(NAME, ModelCard("s", 8, "mlp", 0.5, math.nan)) is None
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny model saved to a folder exactly as it is logged (no tracking store needed)."""
+    path = str(tmp_path_factory.mktemp("saved") / "model")
+    model = build_model(MLPConfig(hidden_units=(8,), dropouts=(0.0,)))
+    example = np.random.rand(2, 1, 28, 28).astype(np.float32)
+    serving.save_model(path, Model(), **flavor_kwargs(model, example))
+    return path
+
+
+def test_pyfunc_returns_index_name_and_probabilities(saved_model: str) -> None:
+    model = mlflow.pyfunc.load_model(saved_model)
+    frame = model.predict(np.random.rand(3, 1, 28, 28).astype(np.float32))
+    assert list(frame.columns) == ["class_index", "class_name", "probabilities"]
+    for row in frame.itertuples():
+        assert row.class_name == CLASS_NAMES[row.class_index]
+        assert len(row.probabilities) == 10 and sum(row.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert max(row.probabilities) == row.probabilities[row.class_index]
+    module = mlflow.pytorch.load_model(saved_model)
+    assert isinstance(module, torch.nn.Module)
+    assert module(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.full((2, 1, 28, 28), np.nan, dtype=np.float32), "finite"),
+        (np.full((2, 1, 28, 28), 255.0, dtype=np.float32), "[0, 1]"),
+        (np.full((2, 1, 28, 28), -0.5, dtype=np.float32), "[0, 1]"),
+        (np.zeros((0, 1, 28, 28), dtype=np.float32), "batch size"),
+        (np.zeros((2, 1, 14, 14), dtype=np.float32), "shape"),
+    ],
+)
+def test_pyfunc_rejects_bad_batches_with_a_clear_message(saved_model: str, images: np.ndarray, message: str) -> None:
+    model = mlflow.pyfunc.load_model(saved_model)
+    with pytest.raises(MlflowException, match="(?i)" + message.replace("[", r"\[").replace("]", r"\]")):
+        model.predict(images)
+
+
+def test_other_image_layouts_are_reshaped_by_the_serving_module() -> None:
+    from fashion_hpo.serving import as_batch
+
+    flat, square = np.random.rand(4, 784), np.random.rand(4, 28, 28)
+    assert as_batch(flat).shape == as_batch(square).shape == (4, 1, 28, 28)
+    with pytest.raises(MlflowException, match="must be numbers"):
+        as_batch([["a"] * 784])
