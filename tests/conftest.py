@@ -91,3 +91,22 @@ def project_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
     result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work, result
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding the real FashionMNIST raw files (from Debian's package)."""
+    from fashion_hpo.data import ensure_raw_files
+
+    folder = tmp_path_factory.mktemp("fashion-data")
+    ensure_raw_files(folder, download=False)
+    return folder
+
+
+def subprocess_env(work: Path) -> dict[str, str]:
+    """The environment of a CLI process that tracks into `work`: this interpreter's scripts first on PATH."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)
+    return env

@@ -20,7 +20,14 @@ from fashion_hpo.registry import ModelCard, find_version, log_model, promote, re
 from fashion_hpo.search_space import config_from_params
 from fashion_hpo.settings import RunSettings, redact_url
 from fashion_hpo.study import best_trial, load_existing_study, open_study, run_search, trial_counts
-from fashion_hpo.tracking import log_epoch, log_study_summary, log_test_results, parent_run, tracked_objective
+from fashion_hpo.tracking import (
+    check_tracking_store,
+    log_epoch,
+    log_study_summary,
+    log_test_results,
+    parent_run,
+    tracked_objective,
+)
 from fashion_hpo.training import Evaluation, confusion_matrix, evaluate, fit
 
 
@@ -106,6 +113,7 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
 
 def run_study(settings: RunSettings, device: torch.device) -> int:
     """Search, track, refit, test and register; returns the exit code."""
+    check_tracking_store()
     data = load_data(settings.data_dir, settings.seed, device)
     study = open_study(settings)
     with parent_run(settings) as run_id:
@@ -132,6 +140,7 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
 
 def run_register(settings: RunSettings, device: torch.device) -> int:
     """Refit and register the best trial of an existing study, without searching; returns the exit code."""
+    check_tracking_store()
     study = load_existing_study(settings)
     best = best_trial(study)
     if best is None:

@@ -26,7 +26,8 @@ class UsageError(ValueError):
     """A setting the user gave cannot work; `flag` names the option to fix."""
 
     def __init__(self, flag: str, message: str) -> None:
-        super().__init__(f"argument {flag}: {message}")
+        label = "environment variable" if flag.isupper() and "_" in flag else "argument"
+        super().__init__(f"{label} {flag}: {message}")
         self.flag = flag
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.constants import DIRECTION
+from fashion_hpo.constants import DIRECTION, OPTIMIZED_METRIC
 from fashion_hpo.settings import RunSettings, UsageError, redact_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -33,16 +34,46 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
+def storage_error(err: Exception, url: str) -> UsageError:
+    """A storage failure as one line naming --storage."""
+    if isinstance(err, ImportError):
+        return UsageError(
+            "--storage",
+            f"no database driver for {redact_url(url)} (for PostgreSQL: pip install 'fashion-hpo[postgres]')",
+        )
+    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    return UsageError("--storage", f"cannot use {redact_url(url)}: {reason}")
+
+
 def open_study(settings: RunSettings) -> optuna.Study:
     """Create the study, or load it when it exists so that rerunning a command continues it."""
-    study = optuna.create_study(
-        study_name=settings.study_name,
-        storage=settings.storage,
-        sampler=make_sampler(settings.sampler, settings.seed),
-        pruner=make_pruner(settings.pruner, settings.epochs),
-        direction=DIRECTION,
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            study_name=settings.study_name,
+            storage=settings.storage,
+            sampler=make_sampler(settings.sampler, settings.seed),
+            pruner=make_pruner(settings.pruner, settings.epochs),
+            direction=DIRECTION,
+            load_if_exists=True,
+        )
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise storage_error(err, settings.storage) from None
+    check_compatible(study, settings)
+    return study
+
+
+def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
+    """A continued study must optimize the same metric, in the same direction, over the same model kind."""
+    if (
+        study.direction.name.lower() != DIRECTION
+        or study.user_attrs.get("metric", OPTIMIZED_METRIC) != OPTIMIZED_METRIC
+    ):
+        raise UsageError(
+            "--study-name",
+            f"study {settings.study_name!r} exists with another objective "
+            f"({study.direction.name.lower()} {study.user_attrs.get('metric', '?')}); choose another name",
+        )
+    study.set_user_attr("metric", OPTIMIZED_METRIC)
     kind = study.user_attrs.get("model")
     if kind is None:
         study.set_user_attr("model", settings.model)

@@ -36,7 +36,7 @@ from fashion_hpo.constants import (
     VAL_ACCURACY,
     VAL_LOSS,
 )
-from fashion_hpo.settings import RunSettings
+from fashion_hpo.settings import RunSettings, UsageError, redact_url
 from fashion_hpo.training import EpochResult, Evaluation
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,32 @@ def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
         EPOCH_SECONDS: result.seconds,
     }
     mlflow.log_metrics(metrics, step=result.epoch)
+
+
+# A reachable server answers at once; an unreachable one should fail in seconds, not after MLflow's
+# default retries with backoff (minutes). Users' own settings of these variables win.
+PROBE_HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+def check_tracking_store() -> None:
+    """Fail fast, before any trial, when the MLflow tracking store cannot be reached."""
+    uri = mlflow.get_tracking_uri()
+    added = {name: value for name, value in PROBE_HTTP_SETTINGS.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UsageError(
+            "MLFLOW_TRACKING_URI", f"cannot reach the tracking store {redact_url(uri)}: {reason}"
+        ) from None
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def choose_experiment(study_name: str) -> None:

@@ -1,0 +1,102 @@
+"""Ctrl-C and SIGTERM on a real study process: finished trials kept, no run left RUNNING, right exit code."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.conftest import subprocess_env, temporary_tracking
+
+pytestmark = pytest.mark.e2e
+STUDY = "interrupted"
+
+
+def start_study(work: Path, data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    """A study whose trials take a few seconds each, so that a signal lands inside one."""
+    command = [sys.executable, "-m", "fashion_hpo", "study", "--study-name", STUDY, "--n-trials", "100"]
+    command += ["--epochs", "10", "--max-train-samples", "3000", "--timeout", "0", "--pruner", "none"]
+    command += ["--data-dir", str(data_dir), "--storage", f"sqlite:///{work / 'optuna.db'}", *extra]
+    return subprocess.Popen(
+        command, cwd=work, env=subprocess_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_finished_trial(work: Path, process: subprocess.Popen[str], timeout: float = 240) -> None:
+    """Block until the study has one finished trial (and so another one running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}")
+            if any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
+                time.sleep(1.5)  # well inside the next trial
+                return
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    pytest.fail("no trial finished in time")
+
+
+def assert_closed_cleanly(work: Path) -> None:
+    """No trial or run is left RUNNING; the interrupted trial's run and the parent are KILLED."""
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert TrialState.RUNNING not in {t.state for t in trials}
+    assert any(t.state == TrialState.COMPLETE for t in trials), "finished trials are kept"
+    with temporary_tracking(work):
+        client = MlflowClient()
+        runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id])
+        assert "RUNNING" not in {run.info.status for run in runs}
+        parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+        assert [run.info.status for run in parents] == ["KILLED"]
+        assert parents[0].data.tags["interrupted"] == "true"
+        assert "trials_finished" in parents[0].data.metrics, "the summary is logged"
+        by_id = {run.info.run_id: run for run in runs}
+        for trial in trials:
+            run = by_id[trial.system_attrs["mlflow_run_id"]]
+            expected = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "KILLED"}
+            assert run.info.status == expected[trial.state], (trial.number, trial.state)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_closes_runs_and_keeps_trials(tmp_path: Path, real_data_dir: Path, signum: int, code: int) -> None:
+    process = start_study(tmp_path, real_data_dir)
+    wait_for_finished_trial(tmp_path, process)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == code, err[-2000:]
+    assert "Number of finished trials" in out
+    assert "interrupted" in err and "Traceback" not in err
+    assert_closed_cleanly(tmp_path)
+    if signum == signal.SIGINT:
+        assert_rerun_continues(tmp_path, real_data_dir)
+
+
+def assert_rerun_continues(work: Path, data_dir: Path) -> None:
+    """Rerunning the same command after an interrupt adds trials to the same study."""
+    before = len(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials)
+    rerun = start_study(work, data_dir, "--n-trials", "1", "--no-register")
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:]
+    trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials
+    assert len(trials) == before + 1 and trials[-1].number == before
+    assert trials[-1].state == TrialState.COMPLETE
+
+
+def test_second_ctrl_c_during_cleanup_still_leaves_nothing_running(tmp_path: Path, real_data_dir: Path) -> None:
+    process = start_study(tmp_path, real_data_dir)
+    wait_for_finished_trial(tmp_path, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert_closed_cleanly(tmp_path)
