@@ -10,7 +10,7 @@ import mlflow
 import optuna
 import torch
 from mlflow.entities.model_registry import ModelVersion
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.constants import CHAMPION_ALIAS, OPTIMIZED_METRIC
 from fashion_hpo.data import FashionData, load_data
@@ -103,6 +103,16 @@ def print_summary(counts: dict[str, int], best: FrozenTrial | None, settings: Ru
         print(f"    {name}: {value}")
 
 
+def first_error(study: optuna.Study) -> str:
+    """The first failed trial's exception, as a clause for the closing message (empty if none failed)."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if "exception_type" in trial.user_attrs:
+            return f"; first error (trial {trial.number}): {trial.user_attrs['exception_type']}: " + str(
+                trial.user_attrs.get("exception_message", "")
+            )
+    return ""
+
+
 def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     """Print and log the study's trial counts and best trial (also after an interrupt); returns the best."""
     counts, best = trial_counts(study), best_trial(study)
@@ -129,7 +139,7 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
             raise
         best = summarize(study, settings)
         if best is None:
-            print("No trial completed, so no model was registered.", file=sys.stderr)
+            print(f"No trial completed, so no model was registered{first_error(study)}.", file=sys.stderr)
             return 1
         registration = register_best(data, best, settings, device, run_id) if settings.register else None
     if registration is not None:

@@ -1,0 +1,193 @@
+"""Faults around a study: unreachable tracking, unusable storage, all trials failing, failing plots, and bad
+flags fed systematically. Each ends in one clear line, a non-zero exit, and nothing half-written."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlflow.tracking import MlflowClient
+
+from fashion_hpo import pipeline
+from fashion_hpo.cli import main
+from fashion_hpo.data import FashionData
+from fashion_hpo.objective import make_objective
+from fashion_hpo.settings import RunSettings
+from fashion_hpo.study import open_study, run_search
+from fashion_hpo.tracking import log_plots
+from tests.test_search_space import MLP_PARAMS
+
+
+def error_line(err: str) -> str:
+    """The one error line of the CLI's stderr (MLflow may log INFO lines before it); no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("fashion-hpo")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def run_cli(args: list[str]) -> int:
+    """The exit code of `fashion-hpo` run in this process."""
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+def test_unreachable_tracking_server_fails_fast_before_any_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    code = run_cli(["study", "--data-dir", str(tmp_path / "d"), "--storage", f"sqlite:///{tmp_path}/o.db"])
+    assert code == 2 and time.monotonic() - start < 15
+    err = error_line(capsys.readouterr().err)
+    assert "MLFLOW_TRACKING_URI" in err and "cannot reach" in err
+    assert not (tmp_path / "o.db").exists(), "no Optuna study or trial was created"
+
+
+def test_existing_study_with_another_direction_is_refused(
+    tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path}/o.db"
+    optuna.create_study(study_name="taken", storage=storage, direction="minimize")
+    assert run_cli(["study", "--study-name", "taken", "--storage", storage, "--data-dir", str(tmp_path)]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "--study-name" in err and "another objective" in err
+    assert len(optuna.load_study(study_name="taken", storage=storage).trials) == 0
+
+
+def test_study_of_another_model_kind_is_refused(tiny_data: FashionData, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/o.db"
+    open_study(RunSettings(study_name="kinds", storage=storage, model="mlp"))
+    with pytest.raises(ValueError, match="--model"):
+        open_study(RunSettings(study_name="kinds", storage=storage, model="cnn"))
+
+
+def test_storage_without_its_driver_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = "mysql://optuna:secret@127.0.0.1:1/optuna"
+    assert run_cli(["study", "--storage", storage, "--data-dir", str(tmp_path)]) in (2,)
+    err = error_line(capsys.readouterr().err)
+    assert "--storage" in err and "secret" not in err
+
+
+def failing_objective(*args: object, **kwargs: object):
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        raise RuntimeError("out of memory (simulated)")
+
+    return objective
+
+
+def test_all_trials_failing_registers_nothing_and_shows_the_first_error(
+    tiny_data: FashionData,
+    tmp_path: Path,
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
+    monkeypatch.setattr(pipeline, "make_objective", failing_objective)
+    args = ["study", "--n-trials", "3", "--storage", f"sqlite:///{tmp_path}/o.db", "--data-dir", str(tmp_path)]
+    assert run_cli(args) == 1
+    out, err = capsys.readouterr()
+    assert "Number of failed trials: 3" in out
+    assert "No trial completed" in err and "RuntimeError: out of memory (simulated)" in err
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert sorted(run.info.status for run in runs) == ["FAILED", "FAILED", "FAILED", "FINISHED"]
+    assert MlflowClient().search_registered_models() == []
+
+
+def test_failing_plot_is_a_warning_not_a_lost_study(
+    tiny_data: FashionData,
+    tmp_path: Path,
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(MLP_PARAMS)
+    study.optimize(make_objective(tiny_data, "mlp", 1, 0, torch.device("cpu")), n_trials=1)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlflow, "log_figure", disk_full)
+    with mlflow.start_run(), caplog.at_level(logging.WARNING):
+        log_plots(study, n_complete=1)
+    assert "No space left on device" in caplog.text and "optimization_history" in caplog.text
+
+
+def test_same_seed_gives_the_same_trials(tiny_data: FashionData, tmp_path: Path) -> None:
+    """One worker on CPU: the same --seed reproduces the sampled params and the validation accuracies."""
+    histories = []
+    for run in range(2):
+        settings_ = RunSettings(
+            n_trials=4, epochs=2, seed=11, study_name="repro", storage=f"sqlite:///{tmp_path}/{run}.db"
+        )
+        study = open_study(settings_)
+        objective = make_objective(tiny_data, "mlp", 2, settings_.seed, torch.device("cpu"))
+        run_search(study, objective, settings_, show_progress_bar=False)
+        histories.append([(t.params, t.value) for t in study.trials])
+    for (params_a, value_a), (params_b, value_b) in zip(*histories, strict=True):
+        assert params_a == params_b
+        assert value_a == pytest.approx(value_b, abs=1e-6) or value_a == value_b
+
+
+INT_FLAGS = {"--n-trials": 1, "--timeout": 0, "--epochs": 1, "--seed": 0, "--max-train-samples": 0}
+CHOICE_FLAGS = {
+    "--model": ("mlp", "cnn"),
+    "--pruner": ("median", "hyperband", "successive-halving", "none"),
+    "--sampler": ("tpe", "random", "qmc"),
+    "--device": ("auto", "cpu", "cuda"),
+    "--promote": ("if-better", "always"),
+}
+
+
+def not_an_int_at_least(minimum: int) -> st.SearchStrategy[str]:
+    """Text that is not an integer >= minimum: other text, floats, negatives, huge negatives, empty."""
+
+    def is_valid(text: str) -> bool:
+        try:
+            return int(text) >= minimum
+        except ValueError:
+            return False
+
+    candidates = st.one_of(
+        st.text(max_size=12),
+        st.floats(allow_nan=True).map(repr),
+        st.integers(max_value=minimum - 1).map(str),
+        st.just(""),
+    )
+    return candidates.filter(
+        lambda text: (not is_valid(text) and not text.startswith("-")) or text.lstrip("-").isdigit()
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag=st.sampled_from(sorted(INT_FLAGS)), data=st.data())
+def test_any_bad_integer_flag_exits_2_naming_it(
+    flag: str, data: st.DataObject, capsys: pytest.CaptureFixture[str]
+) -> None:
+    value = data.draw(not_an_int_at_least(INT_FLAGS[flag]))
+    assert run_cli(["study", f"{flag}={value}"]) == 2
+    assert flag in error_line(capsys.readouterr().err)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag=st.sampled_from(sorted(CHOICE_FLAGS)), value=st.text(max_size=20))
+def test_any_unknown_choice_exits_2_naming_it(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if value in CHOICE_FLAGS[flag]:
+        return
+    assert run_cli(["study", f"{flag}={value}"]) == 2
+    assert flag in error_line(capsys.readouterr().err)
