@@ -74,11 +74,40 @@ def test_study_of_another_model_kind_is_refused(tiny_data: FashionData, tmp_path
         open_study(RunSettings(study_name="kinds", storage=storage, model="cnn"))
 
 
-def test_storage_without_its_driver_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_storage_without_its_driver_names_the_fix(
+    tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     storage = "mysql://optuna:secret@127.0.0.1:1/optuna"
     assert run_cli(["study", "--storage", storage, "--data-dir", str(tmp_path)]) in (2,)
     err = error_line(capsys.readouterr().err)
     assert "--storage" in err and "secret" not in err
+
+
+def test_locked_sqlite_storage_is_one_line(
+    tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another process holds an exclusive lock on the study database."""
+    import sqlite3
+
+    storage_file = tmp_path / "o.db"
+    holder = sqlite3.connect(storage_file, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code = run_cli(["study", "--storage", f"sqlite:///{storage_file}", "--data-dir", str(tmp_path)])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 2
+    assert "database is locked" in error_line(capsys.readouterr().err)
+
+
+def test_unopenable_sqlite_storage_is_one_line(
+    tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "study.db"
+    folder.mkdir()  # a folder where the database file should be
+    assert run_cli(["study", "--storage", f"sqlite:///{folder}", "--data-dir", str(tmp_path)]) == 2
+    assert "--storage" in error_line(capsys.readouterr().err)
 
 
 def failing_objective(*args: object, **kwargs: object):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import subprocess_env, temporary_tracking
+from tests.conftest import REPO, subprocess_env, temporary_tracking
 
 pytestmark = pytest.mark.e2e
 STUDY = "interrupted"
@@ -45,7 +46,7 @@ def wait_for_finished_trial(work: Path, process: subprocess.Popen[str], timeout:
     pytest.fail("no trial finished in time")
 
 
-def assert_closed_cleanly(work: Path) -> None:
+def assert_closed_cleanly(work: Path, parent_status: tuple[str, ...] = ("KILLED",)) -> None:
     """No trial or run is left RUNNING; the interrupted trial's run and the parent are KILLED."""
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}")
     trials = study.get_trials(deepcopy=False)
@@ -56,7 +57,7 @@ def assert_closed_cleanly(work: Path) -> None:
         runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id])
         assert "RUNNING" not in {run.info.status for run in runs}
         parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-        assert [run.info.status for run in parents] == ["KILLED"]
+        assert len(parents) == 1 and parents[0].info.status in parent_status
         assert parents[0].data.tags["interrupted"] == "true"
         assert "trials_finished" in parents[0].data.metrics, "the summary is logged"
         by_id = {run.info.run_id: run for run in runs}
@@ -100,3 +101,50 @@ def test_second_ctrl_c_during_cleanup_still_leaves_nothing_running(tmp_path: Pat
     process.communicate(timeout=120)
     assert process.returncode == 130
     assert_closed_cleanly(tmp_path)
+
+
+def mlflow_run(work: Path, data_dir: Path, **params: object) -> subprocess.Popen[str]:
+    """`mlflow run` of this project in its own process group, as a terminal would start it."""
+    command = ["mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", STUDY]
+    for key, value in {"data_dir": data_dir, "storage": f"sqlite:///{work / 'optuna.db'}", **params}.items():
+        command += ["-P", f"{key}={value}"]
+    return subprocess.Popen(
+        command,
+        cwd=work,
+        env=subprocess_env(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def project_runs(work: Path) -> list[str]:
+    """Statuses of the top-level runs of the experiment `mlflow run` used."""
+    with temporary_tracking(work):
+        client = MlflowClient()
+        runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id])
+        return [run.info.status for run in runs if "mlflow.parentRunId" not in run.data.tags]
+
+
+def test_ctrl_c_under_mlflow_run_ends_the_project_run_interrupted(tmp_path: Path, real_data_dir: Path) -> None:
+    process = mlflow_run(
+        tmp_path, real_data_dir, study_name=STUDY, n_trials=100, epochs=10, max_train_samples=3000, pruner="none"
+    )
+    wait_for_finished_trial(tmp_path, process)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    # The study ends the project run KILLED; `mlflow run` (3.17) then overwrites it with FAILED, because its
+    # _maybe_set_run_terminated compares the string status with integer enums. Either way: not FINISHED,
+    # not RUNNING, and tagged interrupted=true.
+    assert_closed_cleanly(tmp_path, parent_status=("KILLED", "FAILED"))
+
+
+def test_bad_mlproject_parameter_fails_the_run_with_one_line(tmp_path: Path, real_data_dir: Path) -> None:
+    process = mlflow_run(tmp_path, real_data_dir, n_trials="ten")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "fashion-hpo study: error: argument --n-trials: expected an integer, got 'ten'" in err
+    assert "Traceback" not in err
+    assert project_runs(tmp_path) == ["FAILED"]

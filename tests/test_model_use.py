@@ -201,3 +201,14 @@ def test_bad_payload_gets_a_4xx_and_the_server_keeps_answering(
     assert answer.get("message"), answer
     status, _ = post(f"{server}/invocations", json.dumps({"inputs": test_images[0][:2].tolist()}).encode())
     assert status == 200
+
+
+def test_registering_the_same_best_trial_again_adds_no_version(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    before = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
+    args = ["register", "--storage", f"sqlite:///{work / 'optuna.db'}", "--data-dir", str(work / "data")]
+    assert main(args) == 0
+    assert "already registered as version" in capsys.readouterr().out
+    after = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
+    assert len(after) == len(before)

@@ -189,8 +189,16 @@ def log_study_summary(study: optuna.Study, counts: dict[str, int], best: FrozenT
         mlflow.log_metrics({"best_trial_number": float(best.number), f"best_{OPTIMIZED_METRIC}": best.value})
         mlflow.log_params({f"best_{name}": value for name, value in best.params.items()})
     if counts["finished"]:
-        mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
+        try_artifact("trials.csv", lambda: mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv"))
     log_plots(study, counts["complete"])
+
+
+def try_artifact(name: str, write: Callable[[], object]) -> None:
+    """Write one artifact; a failure (disk full, unwritable store) is a warning, never a lost study result."""
+    try:
+        write()
+    except Exception as err:  # the metrics are already stored; only this file is missing
+        log.warning("could not log %s: %s: %s", name, type(err).__name__, err)
 
 
 def log_plots(study: optuna.Study, n_complete: int) -> None:
