@@ -39,7 +39,8 @@ def storage_error(err: Exception, url: str) -> UsageError:
     if isinstance(err, ImportError):
         return UsageError(
             "--storage",
-            f"no database driver for {redact_url(url)} (for PostgreSQL: pip install 'fashion-hpo[postgres]')",
+            f"no database driver installed for {redact_url(url)} (PostgreSQL: pip install 'fashion-hpo[postgres]'; "
+            "MySQL: pip install pymysql)",
         )
     reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
     return UsageError("--storage", f"cannot use {redact_url(url)}: {reason}")
@@ -70,8 +71,9 @@ def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
     ):
         raise UsageError(
             "--study-name",
-            f"study {settings.study_name!r} exists with another objective "
-            f"({study.direction.name.lower()} {study.user_attrs.get('metric', '?')}); choose another name",
+            f"study {settings.study_name!r} exists with another objective ({study.direction.name.lower()} "
+            f"{study.user_attrs.get('metric', 'an unknown metric')}, not {DIRECTION} {OPTIMIZED_METRIC}); "
+            "choose another name",
         )
     study.set_user_attr("metric", OPTIMIZED_METRIC)
     kind = study.user_attrs.get("model")
