@@ -1,0 +1,118 @@
+"""Benchmark 1: the seed notebook's data pipeline vs ours, on the same trials, alternating in one process.
+
+Seed: torchvision FashionMNIST with `ToTensor` per sample through a DataLoader (batch 128), as the notebook did.
+Ours: the splits held as tensors and batched by indexing (`fashion_hpo.training.fit`).
+Prints trial-seconds for each and their ratio; writes the numbers to a JSON file next to this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import optuna
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+from torchvision.datasets import FashionMNIST
+
+from fashion_hpo.data import ensure_raw_files, load_data
+from fashion_hpo.models import build_model
+from fashion_hpo.search_space import TrialConfig, suggest_config
+from fashion_hpo.training import evaluate, fit, make_optimizer
+
+CONFIGS = [  # the same trials both ways: small, medium and large MLPs from the search space
+    {"n_layers": 1, "n_units_l0": 128, "dropout_l0": 0.2, "optimizer": "Adam", "lr": 1e-3, "batch_size": 128},
+    {
+        "n_layers": 2,
+        "n_units_l0": 512,
+        "n_units_l1": 256,
+        "dropout_l0": 0.2,
+        "dropout_l1": 0.2,
+        "optimizer": "RMSprop",
+        "lr": 5e-4,
+        "batch_size": 128,
+    },
+    {
+        "n_layers": 3,
+        "n_units_l0": 256,
+        "n_units_l1": 128,
+        "n_units_l2": 100,
+        "dropout_l0": 0.1,
+        "dropout_l1": 0.1,
+        "dropout_l2": 0.1,
+        "optimizer": "SGD",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "batch_size": 128,
+    },
+]
+
+
+def seed_trial(config: TrialConfig, train: Subset, val: Subset, epochs: int, seed: int) -> float:
+    """One trial the seed notebook's way: per-sample ToTensor through DataLoaders; returns validation accuracy."""
+    torch.manual_seed(seed)
+    model = build_model(config.model)
+    optimizer = make_optimizer(model, config)
+    train_loader = DataLoader(train, batch_size=128, shuffle=True)
+    for _ in range(epochs):
+        model.train()
+        for images, labels in train_loader:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in DataLoader(val, batch_size=128):
+            correct += (model(images).argmax(1) == labels).sum().item()
+    return correct / len(val)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute (2,000 samples, 1 epoch)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".json"), help="JSON result file")
+    args = parser.parse_args()
+    samples, epochs = (2000, 1) if args.quick else (20000, 2)
+    ensure_raw_files(args.data_dir)
+    data = load_data(args.data_dir, seed=0)
+    raw = FashionMNIST(str(args.data_dir), train=True, transform=transforms.ToTensor())
+    order = torch.randperm(len(raw), generator=torch.Generator().manual_seed(0))
+    seed_train, seed_val = Subset(raw, order[:samples].tolist()), Subset(raw, order[50000:52000].tolist())
+    ours_train, ours_val = data.train.head(samples), data.val.head(2000)
+    rows = []
+    for i, params in enumerate(CONFIGS):
+        config = suggest_config(optuna.trial.FixedTrial({**params, "use_weight_decay": False}), "mlp")
+        start = time.perf_counter()
+        seed_trial(config, seed_train, seed_val, epochs, seed=i)
+        seed_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        torch.manual_seed(i)
+        model = build_model(config.model)
+        fit(model, config, ours_train, None, epochs, seed=i)
+        evaluate(model, ours_val)
+        ours_seconds = time.perf_counter() - start
+        rows.append({"config": i, "seed_s": seed_seconds, "ours_s": ours_seconds, "ratio": seed_seconds / ours_seconds})
+    total = {k: sum(r[k] for r in rows) for k in ("seed_s", "ours_s")}
+    result = {
+        "samples": samples,
+        "epochs": epochs,
+        "threads": torch.get_num_threads(),
+        "trials": rows,
+        "ratio": total["seed_s"] / total["ours_s"],
+        **total,
+    }
+    print(f"{'trial':>5} {'seed s':>8} {'ours s':>8} {'ratio':>6}   ({samples} samples x {epochs} epochs)")
+    for row in rows:
+        print(f"{row['config']:>5} {row['seed_s']:8.2f} {row['ours_s']:8.2f} {row['ratio']:6.1f}")
+    print(f"{'all':>5} {total['seed_s']:8.2f} {total['ours_s']:8.2f} {result['ratio']:6.1f}  (goal >= 10)")
+    args.output.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
