@@ -212,3 +212,31 @@ def test_registering_the_same_best_trial_again_adds_no_version(work: Path, capsy
     assert "already registered as version" in capsys.readouterr().out
     after = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
     assert len(after) == len(before)
+
+
+def test_mlproject_predict_and_register_entry_points(work: Path) -> None:
+    """`mlflow run . -e predict` and `-e register` against the end-to-end run's stores."""
+    from tests.conftest import subprocess_env
+
+    base = ["mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "entry-points"]
+    data = ["-P", f"data_dir={work / 'data'}"]
+    predict = subprocess.run(
+        [*base, "-e", "predict", "-P", "test_samples=500", *data],
+        cwd=work,
+        env=subprocess_env(work),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert predict.returncode == 0, predict.stderr[-2000:]
+    assert "on 500 test images" in predict.stdout
+    register = subprocess.run(
+        [*base, "-e", "register", "-P", f"storage=sqlite:///{work / 'optuna.db'}", *data],
+        cwd=work,
+        env=subprocess_env(work),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert register.returncode == 0, register.stderr[-2000:]
+    assert "already registered as version" in register.stdout

@@ -88,6 +88,7 @@ def test_pyfunc_returns_index_name_and_probabilities(saved_model: str) -> None:
     ("images", "message"),
     [
         (np.full((2, 1, 28, 28), np.nan, dtype=np.float32), "finite"),
+        (np.full((2, 1, 28, 28), np.inf, dtype=np.float32), "finite"),
         (np.full((2, 1, 28, 28), 255.0, dtype=np.float32), "[0, 1]"),
         (np.full((2, 1, 28, 28), -0.5, dtype=np.float32), "[0, 1]"),
         (np.zeros((0, 1, 28, 28), dtype=np.float32), "batch size"),
