@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import signal
 import sys
 import threading
@@ -163,12 +164,32 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     return RunSettings(**{f.name: getattr(args, f.name) for f in fields(RunSettings) if hasattr(args, f.name)})
 
 
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for the next batch instead of unmapping it each time.
+
+    Conv activations are tens of MB per batch; with glibc's defaults every batch maps and unmaps them again, which
+    doubled a CNN epoch's time here (system time; 18.6 s -> 9.3 s on 5,000 images). The cost is a resident size that
+    stays at its peak, which a training process reaches anyway.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc (macOS, musl): its allocator does not need this
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Dispatch a parsed command line; user-fixable problems raise UsageError."""
     if args.command == "predict":
         return run_predict_command(args)
     settings = settings_from_args(args)
     device = validate(settings)
+    keep_freed_memory()
     # Imported here so that `--help` and bad flags answer without loading torch, MLflow and Optuna.
     from fashion_hpo.data import DataError
     from fashion_hpo.pipeline import run_register, run_study
