@@ -12,12 +12,35 @@ from tests.conftest import REPO
 
 def test_pipeline_ratio_quick_run_reports_both_pipelines(real_data_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "pipeline_ratio.json"
-    script = REPO / "benchmarks" / "pipeline_ratio.py"
-    command = [sys.executable, str(script), "--quick", "--data-dir", str(real_data_dir), "--output", str(output)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_quick("pipeline_ratio.py", real_data_dir, output)
     report = json.loads(output.read_text())
     assert len(report["trials"]) == 3
     assert report["seed_s"] > 0 and report["ours_s"] > 0
     assert report["ratio"] == report["seed_s"] / report["ours_s"]
     assert "goal >= 10" in result.stdout
+
+
+def run_quick(script: str, data_dir: Path, output: Path) -> subprocess.CompletedProcess[str]:
+    """Run one benchmark script with --quick; it must succeed."""
+    command = [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--data-dir", str(data_dir)]
+    result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_loop_efficiency_quick_run_reports_both_models(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "loop.json"
+    result = run_quick("loop_efficiency.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    assert [row["model"] for row in report["rows"]] == ["mlp 512-256", "cnn 32-64"]
+    assert report["peak_gflops"] > 0 and all(row["efficiency"] > 0 for row in report["rows"])
+    assert "goal: efficiency >= 0.85" in result.stdout
+
+
+def test_tracking_overhead_quick_run_compares_on_and_off(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "overhead.json"
+    result = run_quick("tracking_overhead.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    assert report["off_s"] > 0 and report["on_s"] > 0
+    assert report["overhead"] == report["on_s"] / report["off_s"] - 1
+    assert "goal <= 3%" in result.stdout

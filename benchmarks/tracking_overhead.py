@@ -1,0 +1,76 @@
+"""Benchmark 3: what MLflow tracking costs per trial.
+
+The same seeded study (same sampler seed, same trials) runs with tracking off and on, alternating in one process;
+the sum of trial durations is compared (setup, plots and registration excluded). Writes a JSON file next to this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+import optuna
+import torch
+
+from fashion_hpo.data import FashionData, load_data
+from fashion_hpo.objective import make_objective
+from fashion_hpo.settings import RunSettings
+from fashion_hpo.tracking import log_epoch, parent_run, tracked_objective
+
+
+def trial_seconds(data: FashionData, settings: RunSettings, tracked: bool) -> float:
+    """Sum of trial durations of one seeded study, with or without MLflow tracking."""
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed), pruner=optuna.pruners.NopPruner()
+    )
+    cpu = torch.device("cpu")
+    report = log_epoch if tracked else None
+    objective = make_objective(data, "mlp", settings.epochs, settings.seed, cpu, settings.max_train_samples, report)
+    if tracked:
+        with parent_run(settings):
+            wrapped, tracker = tracked_objective(objective, settings)
+            study.optimize(wrapped, n_trials=settings.n_trials, callbacks=[tracker])
+    else:
+        study.optimize(objective, n_trials=settings.n_trials)
+    return sum(t.duration.total_seconds() for t in study.trials)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a run of under a minute (3 trials, 2 epochs, 2,000 samples)"
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".json"), help="JSON result file")
+    args = parser.parse_args()
+    n_trials, epochs, samples = (3, 2, 2000) if args.quick else (8, 5, 10_000)
+    settings = RunSettings(n_trials=n_trials, epochs=epochs, max_train_samples=samples, seed=1, study_name="overhead")
+    data = load_data(args.data_dir, seed=0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as folder:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+        order = [False, True, True, False]  # alternate, so that drift of the machine cancels out
+        seconds = {False: 0.0, True: 0.0}
+        for tracked in order:
+            seconds[tracked] += trial_seconds(data, settings, tracked)
+    overhead = seconds[True] / seconds[False] - 1
+    print(f"{n_trials} trials x {epochs} epochs x {samples} samples, twice each way")
+    print(f"trial seconds  off: {seconds[False]:.2f}  on: {seconds[True]:.2f}  overhead: {overhead:+.1%} (goal <= 3%)")
+    result = {
+        "n_trials": n_trials,
+        "epochs": epochs,
+        "samples": samples,
+        "off_s": seconds[False],
+        "on_s": seconds[True],
+        "overhead": overhead,
+    }
+    args.output.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
