@@ -7,13 +7,12 @@ a measured fp32 matmul peak of this machine. Writes the numbers to a JSON file n
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchmark_args import parse_args
 from torch.utils.flop_counter import FlopCounterMode
 
 from fashion_hpo.data import Split, load_data
@@ -89,11 +88,7 @@ def measure(name: str, config: TrialConfig, split: Split, peak: float) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of under a minute (2,560 samples)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".json"), help="JSON result file")
-    args = parser.parse_args()
+    args = parse_args(__doc__, __file__, "2,560 samples")
     split = load_data(args.data_dir, seed=0).train.head(2560 if args.quick else 50_000)
     peak = matmul_peak()
     rows = [measure(name, config, split, peak) for name, config in CONFIGS.items()]

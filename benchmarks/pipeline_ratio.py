@@ -7,14 +7,13 @@ Prints trial-seconds for each and their ratio; writes the numbers to a JSON file
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import optuna
 import torch
 import torch.nn.functional as F
+from benchmark_args import parse_args
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
@@ -73,11 +72,7 @@ def seed_trial(config: TrialConfig, train: Subset, val: Subset, epochs: int, see
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of under a minute (2,000 samples, 1 epoch)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".json"), help="JSON result file")
-    args = parser.parse_args()
+    args = parse_args(__doc__, __file__, "2,000 samples, 1 epoch")
     samples, epochs = (2000, 1) if args.quick else (20000, 2)
     ensure_raw_files(args.data_dir)
     data = load_data(args.data_dir, seed=0)

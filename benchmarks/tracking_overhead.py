@@ -6,15 +6,14 @@ the sum of trial durations is compared (setup, plots and registration excluded).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
-from pathlib import Path
 
 import mlflow
 import optuna
 import torch
+from benchmark_args import parse_args
 
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.objective import make_objective
@@ -40,13 +39,7 @@ def trial_seconds(data: FashionData, settings: RunSettings, tracked: bool) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="a run of under a minute (3 trials, 2 epochs, 2,000 samples)"
-    )
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".json"), help="JSON result file")
-    args = parser.parse_args()
+    args = parse_args(__doc__, __file__, "3 trials x 2 epochs")
     n_trials, epochs, samples = (3, 2, 2000) if args.quick else (8, 5, 10_000)
     settings = RunSettings(n_trials=n_trials, epochs=epochs, max_train_samples=samples, seed=1, study_name="overhead")
     data = load_data(args.data_dir, seed=0)

@@ -216,27 +216,19 @@ def test_registering_the_same_best_trial_again_adds_no_version(work: Path, capsy
 
 def test_mlproject_predict_and_register_entry_points(work: Path) -> None:
     """`mlflow run . -e predict` and `-e register` against the end-to-end run's stores."""
-    from tests.conftest import subprocess_env
-
-    base = ["mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "entry-points"]
-    data = ["-P", f"data_dir={work / 'data'}"]
-    predict = subprocess.run(
-        [*base, "-e", "predict", "-P", "test_samples=500", *data],
-        cwd=work,
-        env=subprocess_env(work),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    predict = run_entry_point(work, "predict", "test_samples=500")
     assert predict.returncode == 0, predict.stderr[-2000:]
     assert "on 500 test images" in predict.stdout
-    register = subprocess.run(
-        [*base, "-e", "register", "-P", f"storage=sqlite:///{work / 'optuna.db'}", *data],
-        cwd=work,
-        env=subprocess_env(work),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    register = run_entry_point(work, "register", f"storage=sqlite:///{work / 'optuna.db'}")
     assert register.returncode == 0, register.stderr[-2000:]
     assert "already registered as version" in register.stdout
+
+
+def run_entry_point(work: Path, entry: str, *params: str) -> subprocess.CompletedProcess[str]:
+    """`mlflow run` of one of the project's entry points against the end-to-end run's folder."""
+    from tests.conftest import subprocess_env
+
+    command = ["mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "entry-points", "-e", entry]
+    for param in (*params, f"data_dir={work / 'data'}"):
+        command += ["-P", param]
+    return subprocess.run(command, cwd=work, env=subprocess_env(work), capture_output=True, text=True, timeout=300)
