@@ -18,7 +18,7 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-TRAIN_SIZE, VAL_SIZE, TEST_SIZE = 50_000, 10_000, 10_000
+TRAIN_SIZE, VAL_SIZE = 50_000, 10_000
 
 
 class DataError(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import mlflow
@@ -61,9 +62,11 @@ class Registration:
 
 
 def register_best(
-    data: FashionData, best: FrozenTrial, settings: RunSettings, device: torch.device, run_id: str
+    data: Callable[[], FashionData], best: FrozenTrial, settings: RunSettings, device: torch.device, run_id: str
 ) -> Registration:
-    """Refit, test once, log and register the best trial, then promote it; a trial registered before is reused."""
+    """Refit, test once, log and register the best trial, then promote it; a trial registered before is reused.
+
+    `data` is called only when there is something to refit, so re-registering a known trial loads nothing."""
     kind = best.user_attrs.get("model", settings.model)
     card = ModelCard(settings.study_name, best.number, kind, best.value, math.nan, best.params)
     existing = find_version(settings.registered_model_name, card)
@@ -71,10 +74,11 @@ def register_best(
         reason = f"trial {best.number} is already registered as version {existing.version}; nothing new to register"
         mlflow.set_tags({"registered_version": existing.version, "promotion": reason})
         return Registration(existing, ", ".join(existing.aliases) or "none", reason, None)
-    final = refit_and_test(data, best, settings, device)
+    splits = data()
+    final = refit_and_test(splits, best, settings, device)
     log_test_results(final.test, final.confusion)
     card = replace(card, test_accuracy=final.test.accuracy)
-    info = log_model(final.model, data.test.images[:4].cpu().numpy(), card)
+    info = log_model(final.model, splits.test.images[:4].cpu().numpy(), card)
     version = register(info.model_uri, settings.registered_model_name, card, run_id)
     alias, reason = promote(version, final.test.accuracy, settings.promote)
     mlflow.set_tags({"registered_version": version.version, "alias": alias, "promotion": reason})
@@ -141,7 +145,7 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
         if best is None:
             print(f"No trial completed, so no model was registered{first_error(study)}.", file=sys.stderr)
             return 1
-        registration = register_best(data, best, settings, device, run_id) if settings.register else None
+        registration = register_best(lambda: data, best, settings, device, run_id) if settings.register else None
     if registration is not None:
         print_registration(registration)
     print(f"Compare the trials: mlflow ui --backend-store-uri {redact_url(mlflow.get_tracking_uri())}")
@@ -156,8 +160,9 @@ def run_register(settings: RunSettings, device: torch.device) -> int:
     if best is None:
         print(f"Study {settings.study_name!r} has no complete trial yet: nothing to register.", file=sys.stderr)
         return 1
-    data = load_data(settings.data_dir, settings.seed, device)
     with parent_run(settings, run_name=f"register-{settings.study_name}") as run_id:
-        registration = register_best(data, best, settings, device, run_id)
+        registration = register_best(
+            lambda: load_data(settings.data_dir, settings.seed, device), best, settings, device, run_id
+        )
     print_registration(registration)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import optuna
 
@@ -22,16 +22,6 @@ class TrialConfig:
     batch_size: int
     weight_decay: float
     momentum: float
-
-    def as_dict(self) -> dict[str, object]:
-        """A flat, JSON-friendly view (for logs and model metadata)."""
-        flat = {k: v for k, v in asdict(self).items() if k != "model"}
-        return {"model_kind": model_kind(self.model), **asdict(self.model), **flat}
-
-
-def model_kind(config: ModelConfig) -> str:
-    """The `--model` name of an architecture config."""
-    return "mlp" if isinstance(config, MLPConfig) else "cnn"
 
 
 def suggest_mlp(trial: optuna.Trial) -> MLPConfig:
