@@ -82,9 +82,10 @@ def test_signal_closes_runs_and_keeps_trials(tmp_path: Path, real_data_dir: Path
 
 
 def assert_rerun_continues(work: Path, data_dir: Path) -> None:
-    """Rerunning the same command after an interrupt adds trials to the same study."""
-    before = len(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials)
-    rerun = start_study(work, data_dir, "--n-trials", "1", "--no-register")
+    """Rerunning the command after an interrupt continues the study; the interrupted trial is not counted."""
+    trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials
+    before, counted = len(trials), sum(t.state != TrialState.FAIL for t in trials)
+    rerun = start_study(work, data_dir, "--n-trials", str(counted + 1), "--no-register")
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err[-2000:]
     trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials

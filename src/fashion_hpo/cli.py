@@ -14,7 +14,7 @@ from typing import Any
 
 from fashion_hpo.constants import CHAMPION_ALIAS, DEFAULT_REGISTERED_MODEL_NAME, MODEL_KINDS, PROMOTE_CHOICES
 from fashion_hpo.predict import INVERT_CHOICES
-from fashion_hpo.settings import DEVICES, PRUNERS, SAMPLERS, RunSettings, UsageError, validate
+from fashion_hpo.settings import DEVICES, PRUNERS, SAMPLERS, RunSettings, UsageError, threads_per_worker, validate
 
 DEFAULTS = RunSettings()
 
@@ -45,11 +45,16 @@ def count(minimum: int) -> type:
 def flag_specs() -> dict[str, dict[str, Any]]:
     """Every flag of the study-side commands: argparse options, help texts stating their defaults."""
     return {
-        "--n-trials": dict(type=count(1), default=DEFAULTS.n_trials, help="trials to run (default: %(default)s)"),
+        "--n-trials": dict(
+            type=count(1),
+            default=DEFAULTS.n_trials,
+            help="trials of the study in all (complete, pruned or failed), whichever worker runs them; a rerun "
+            "continues up to this total (default: %(default)s)",
+        ),
         "--timeout": dict(
             type=count(0),
             default=DEFAULTS.timeout,
-            help="stop starting trials after this many seconds; 0 = no limit (default: %(default)s)",
+            help="this worker stops starting trials after this many seconds; 0 = no limit (default: %(default)s)",
         ),
         "--epochs": dict(
             type=count(1), default=DEFAULTS.epochs, help="epochs per trial and refit (default: %(default)s)"
@@ -85,6 +90,32 @@ def flag_specs() -> dict[str, dict[str, Any]]:
         "--registered-model-name": dict(
             default=DEFAULTS.registered_model_name,
             help="MLflow Model Registry name of the best model (default: %(default)s)",
+        ),
+        "--workers": dict(
+            type=count(1),
+            default=DEFAULTS.workers,
+            help="worker processes on this machine searching the study together; needs a storage file or server "
+            "(default: %(default)s)",
+        ),
+        "--threads": dict(
+            type=count(0),
+            default=DEFAULTS.threads,
+            help="torch threads per worker; 0 = this machine's cores / --workers (default: %(default)s)",
+        ),
+        "--heartbeat-interval": dict(
+            type=count(1),
+            default=DEFAULTS.heartbeat_interval,
+            help="seconds between a running trial's heartbeats in the storage (default: %(default)s)",
+        ),
+        "--grace-period": dict(
+            type=count(1),
+            default=DEFAULTS.grace_period,
+            help="seconds without a heartbeat after which a trial's worker counts as dead: the trial is marked "
+            "failed and retried (default: %(default)s)",
+        ),
+        "--run-name": dict(default="", help="MLflow name of this invocation's run (default: the study name)"),
+        "--parent-run-id": dict(
+            default="", help="nest this invocation's MLflow run under this run (--workers does so for its workers)"
         ),
         "--promote": dict(
             choices=PROMOTE_CHOICES,
@@ -151,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="search only; register later with `fashion-hpo register` (default: register)",
     )
+    study.add_argument(
+        "--no-progress-bar",
+        dest="progress_bar",
+        action="store_false",
+        help="do not draw Optuna's progress bar, e.g. in logs (default: draw it)",
+    )
     register = commands.add_parser("register", help="refit, test and register the best trial of an existing study")
     for flag, spec in flag_specs().items():
         if flag in REGISTER_FLAGS:
@@ -162,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """The run settings named by the parsed flags (defaults for flags the command does not take)."""
     return RunSettings(**{f.name: getattr(args, f.name) for f in fields(RunSettings) if hasattr(args, f.name)})
+
+
+def study_argv(settings: RunSettings) -> list[str]:
+    """The `fashion-hpo study` flags that reproduce these settings (how --workers starts its workers)."""
+    argv = [item for flag in flag_specs() for item in (flag, str(getattr(settings, flag[2:].replace("-", "_"))))]
+    return argv + ["--no-register"] * (not settings.register) + ["--no-progress-bar"] * (not settings.progress_bar)
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -183,6 +226,13 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
+def use_threads(threads: int) -> None:
+    """Set torch's intra-op threads, so that workers sharing a machine do not oversubscribe its cores."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Dispatch a parsed command line; user-fixable problems raise UsageError."""
     if args.command == "predict":
@@ -190,6 +240,7 @@ def run_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     device = validate(settings)
     keep_freed_memory()
+    use_threads(threads_per_worker(settings))
     # Imported here so that `--help` and bad flags answer without loading torch, MLflow and Optuna.
     from fashion_hpo.data import DataError
     from fashion_hpo.pipeline import run_register, run_study

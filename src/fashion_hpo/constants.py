@@ -33,3 +33,9 @@ DEFAULT_REGISTERED_MODEL_NAME = "fashion-mnist-classifier"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PROMOTE_CHOICES = ("if-better", "always")
+
+# User attributes (and, through the tracker, tags) of a trial whose objective raised.
+EXCEPTION_TYPE = "exception_type"
+EXCEPTION_MESSAGE = "exception_message"
+# User attribute of a trial that an interrupt (Ctrl-C, SIGTERM) stopped: it does not count toward --n-trials.
+INTERRUPTED = "interrupted"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -13,16 +14,17 @@ import torch
 from mlflow.entities.model_registry import ModelVersion
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.constants import CHAMPION_ALIAS, OPTIMIZED_METRIC
+from fashion_hpo.constants import CHAMPION_ALIAS, EXCEPTION_MESSAGE, EXCEPTION_TYPE, OPTIMIZED_METRIC
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.models import build_model
 from fashion_hpo.objective import make_objective, trial_seed
 from fashion_hpo.registry import ModelCard, find_version, log_model, promote, register
 from fashion_hpo.search_space import config_from_params
 from fashion_hpo.settings import RunSettings, redact_url
-from fashion_hpo.study import best_trial, load_existing_study, open_study, run_search, trial_counts
+from fashion_hpo.study import best_trial, budget_left, load_existing_study, open_study, run_search, trial_counts
 from fashion_hpo.tracking import (
     check_tracking_store,
+    end_stale_runs,
     log_epoch,
     log_study_summary,
     log_test_results,
@@ -30,6 +32,7 @@ from fashion_hpo.tracking import (
     tracked_objective,
 )
 from fashion_hpo.training import Evaluation, confusion_matrix, evaluate, fit
+from fashion_hpo.workers import WorkersFailed, search_in_workers
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,9 @@ def print_summary(counts: dict[str, int], best: FrozenTrial | None, settings: Ru
 def first_error(study: optuna.Study) -> str:
     """The first failed trial's exception, as a clause for the closing message (empty if none failed)."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if "exception_type" in trial.user_attrs:
-            return f"; first error (trial {trial.number}): {trial.user_attrs['exception_type']}: " + str(
-                trial.user_attrs.get("exception_message", "")
+        if EXCEPTION_TYPE in trial.user_attrs:
+            return f"; first error (trial {trial.number}): {trial.user_attrs[EXCEPTION_TYPE]}: " + str(
+                trial.user_attrs.get(EXCEPTION_MESSAGE, "")
             )
     return ""
 
@@ -125,27 +128,55 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     return best
 
 
-def run_study(settings: RunSettings, device: torch.device) -> int:
-    """Search, track, refit, test and register; returns the exit code."""
-    check_tracking_store()
-    data = load_data(settings.data_dir, settings.seed, device)
-    study = open_study(settings)
-    with parent_run(settings) as run_id:
-        objective = make_objective(
-            data, settings.model, settings.epochs, settings.seed, device, settings.max_train_samples, log_epoch
+def reclaim_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose worker died: end its runs FAILED, then queue its parameters again (at most twice)."""
+    end_stale_runs(trial)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryFailedTrialCallback(max_retry=2)(study, trial)
+
+
+def search_here(study: optuna.Study, data: FashionData, settings: RunSettings, device: torch.device) -> None:
+    """Run this process's share of the trials, each in its own child run."""
+    objective = make_objective(
+        data, settings.model, settings.epochs, settings.seed, device, settings.max_train_samples, log_epoch
+    )
+    tracked, tracker = tracked_objective(objective, settings)
+    if budget_left(study, settings.n_trials) <= 0:
+        print(
+            f"Study {settings.study_name!r} already has its --n-trials {settings.n_trials} trials; raise it for more."
         )
-        tracked, tracker = tracked_objective(objective, settings)
-        try:
-            run_search(study, tracked, settings, callbacks=[tracker])
-        except KeyboardInterrupt:
-            tracker.mark_interrupted()
-            summarize(study, settings)
-            raise
-        best = summarize(study, settings)
-        if best is None:
-            print(f"No trial completed, so no model was registered{first_error(study)}.", file=sys.stderr)
-            return 1
-        registration = register_best(lambda: data, best, settings, device, run_id) if settings.register else None
+    try:
+        run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=settings.progress_bar)
+    except KeyboardInterrupt:
+        tracker.mark_interrupted()
+        raise
+
+
+def run_study(settings: RunSettings, device: torch.device) -> int:
+    """Search (here, or in `--workers` processes), track, refit, test and register; returns the exit code."""
+    check_tracking_store()
+    data = load_data(settings.data_dir, settings.seed, device) if settings.workers == 1 else None
+    study = open_study(settings, reclaim_stale_trial)
+    try:
+        with parent_run(settings) as run_id:
+            try:
+                if data is None:
+                    search_in_workers(settings, run_id)
+                else:
+                    search_here(study, data, settings, device)
+            except (KeyboardInterrupt, WorkersFailed):
+                summarize(study, settings)  # what was found is kept and shown either way
+                raise
+            best = summarize(study, settings)
+            if best is None:
+                print(f"No trial completed, so no model was registered{first_error(study)}.", file=sys.stderr)
+                return 1
+            load = (lambda: data) if data is not None else lambda: load_data(settings.data_dir, settings.seed, device)
+            registration = register_best(load, best, settings, device, run_id) if settings.register else None
+    except WorkersFailed as failed:
+        print(f"{failed}; the study's trials are kept: rerun the command to continue it.", file=sys.stderr)
+        return 1
     if registration is not None:
         print_registration(registration)
     print(f"Compare the trials: mlflow ui --backend-store-uri {redact_url(mlflow.get_tracking_uri())}")

@@ -50,6 +50,13 @@ class RunSettings:
     registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME
     register: bool = True
     promote: str = "if-better"
+    workers: int = 1
+    threads: int = 0
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    run_name: str = ""
+    parent_run_id: str = ""
+    progress_bar: bool = True
 
     def __post_init__(self) -> None:
         if not self.study_name:
@@ -101,6 +108,28 @@ def check_data_dir(path: Path) -> None:
         raise UsageError("--data-dir", f"{path} is not readable and writable")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_worker(settings: RunSettings) -> int:
+    """`--threads`, or the machine's cores split evenly between the `--workers` (at least one each)."""
+    return settings.threads or max(1, available_cores() // settings.workers)
+
+
+def check_scale_out(settings: RunSettings) -> None:
+    """Worker processes need a storage they can share, and heartbeats need a grace period longer than their interval."""
+    if settings.grace_period <= settings.heartbeat_interval:
+        raise UsageError(
+            "--grace-period",
+            f"must be longer than --heartbeat-interval ({settings.grace_period} <= {settings.heartbeat_interval})",
+        )
+    database = sqlalchemy.engine.make_url(settings.storage).database
+    if settings.workers > 1 and settings.storage.startswith("sqlite") and database in (None, "", ":memory:"):
+        raise UsageError("--storage", "an in-memory SQLite database cannot be shared by --workers; give a file")
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present; asking for CUDA without it is a usage error."""
     import torch  # deferred: validating flags should not wait for torch to load
@@ -116,5 +145,6 @@ def validate(settings: RunSettings) -> torch.device:
     """Check what argument parsing cannot see; returns the device to train on."""
     device = resolve_device(settings.device)
     check_storage(settings.storage)
+    check_scale_out(settings)
     check_data_dir(settings.data_dir)  # last: it is the one check that may create something
     return device

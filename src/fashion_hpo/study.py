@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.constants import DIRECTION, OPTIMIZED_METRIC
+from fashion_hpo.objective import trial_seed
 from fashion_hpo.settings import RunSettings, UsageError, redact_url
+from fashion_hpo.storage import BudgetedStorage, StaleTrialCallback, StudyFull, budget_used, engine_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -20,7 +26,52 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed)
+    # constant_liar: a worker treats other workers' running trials as bad, so it does not sample next to them.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """The `--sampler` choice, created anew for every trial with a seed made of `--seed` and the trial number.
+
+    Workers of one study would all draw the same parameters from samplers seeded alike; trial numbers are unique
+    across workers, so this keeps them apart while a one-worker study stays reproducible."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name, self.seed = name, seed
+        self.inner = make_sampler(name, seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Seed this trial's sampler."""
+        self.inner = make_sampler(self.name, trial_seed(self.seed, trial.number))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        """Delegated."""
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        """Delegated."""
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        """Delegated."""
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        """Delegated."""
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Delegated."""
+        self.inner.reseed_rng()
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -46,13 +97,18 @@ def storage_error(err: Exception, url: str) -> UsageError:
     return UsageError("--storage", f"cannot use {redact_url(url)}: {reason}")
 
 
-def open_study(settings: RunSettings) -> optuna.Study:
-    """Create the study, or load it when it exists so that rerunning a command continues it."""
+def open_study(settings: RunSettings, on_stale: StaleTrialCallback) -> optuna.Study:
+    """Create the study, or load it when it exists so that rerunning a command (or another worker) continues it.
+
+    `on_stale` is called for each trial whose worker stopped sending heartbeats, after Optuna marked it FAIL."""
     try:
+        storage = BudgetedStorage(
+            settings.storage, settings.n_trials, settings.heartbeat_interval, settings.grace_period, on_stale
+        )
         study = optuna.create_study(
             study_name=settings.study_name,
-            storage=settings.storage,
-            sampler=make_sampler(settings.sampler, settings.seed),
+            storage=storage,
+            sampler=TrialSeededSampler(settings.sampler, settings.seed),
             pruner=make_pruner(settings.pruner, settings.epochs),
             direction=DIRECTION,
             load_if_exists=True,
@@ -90,7 +146,9 @@ def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
 def load_existing_study(settings: RunSettings) -> optuna.Study:
     """The study named in the settings, which must already exist in the storage."""
     try:
-        return optuna.load_study(study_name=settings.study_name, storage=settings.storage)
+        return optuna.load_study(study_name=settings.study_name, storage=engine_url(settings.storage))
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise storage_error(err, settings.storage) from None
     except KeyError:
         raise UsageError(
             "--study-name", f"no study {settings.study_name!r} in {redact_url(settings.storage)}"
@@ -104,15 +162,36 @@ def run_search(
     callbacks: Sequence[Callback] = (),
     show_progress_bar: bool = True,
 ) -> None:
-    """Run trials until `n_trials` or `timeout` is reached; a failing trial does not stop the study."""
-    study.optimize(
-        objective,
-        n_trials=settings.n_trials,
-        timeout=settings.timeout or None,
-        callbacks=list(callbacks),
-        catch=(Exception,),
-        show_progress_bar=show_progress_bar,
-    )
+    """Run trials until the study has `n_trials` or this worker's `timeout` is up; a failing trial does not stop it.
+
+    When the study is full but other workers' trials still run, wait: a worker that was killed leaves a trial that
+    turns stale after the grace period, is retried, and then needs a worker to run it."""
+    deadline = time.monotonic() + settings.timeout if settings.timeout else float("inf")
+    patience = settings.grace_period + 2 * settings.heartbeat_interval
+    waiting_since, running_before, first = 0.0, -1, True
+    while time.monotonic() < deadline:
+        try:
+            study.optimize(
+                objective,
+                n_trials=max(budget_left(study, settings.n_trials), 1),  # sizes the progress bar
+                timeout=deadline - time.monotonic() if settings.timeout else None,
+                callbacks=list(callbacks),
+                catch=(Exception,),
+                show_progress_bar=show_progress_bar and first,
+            )
+            first = False  # it may have stopped early: a queued retry it ran took no new place in the budget
+        except StudyFull as full:
+            now, first = time.monotonic(), False
+            if full.running != running_before:  # progress elsewhere: be patient again
+                waiting_since, running_before = now, full.running
+            if not full.running or now - waiting_since > patience:
+                return
+            time.sleep(min(settings.heartbeat_interval, max(deadline - now, 0)))
+
+
+def budget_left(study: optuna.Study, n_trials: int) -> int:
+    """How many more trials the study-wide `--n-trials` allows."""
+    return n_trials - budget_used(study.get_trials(deepcopy=False))
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

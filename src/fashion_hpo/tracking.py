@@ -20,7 +20,7 @@ import mlflow
 import optuna
 import torch
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration.mlflow import MLflowCallback
 from optuna_integration.mlflow.mlflow import RUN_ID_ATTRIBUTE_KEY
@@ -29,6 +29,9 @@ from fashion_hpo.constants import (
     CLASS_ACCURACY_PREFIX,
     CLASS_NAMES,
     EPOCH_SECONDS,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_TYPE,
+    INTERRUPTED,
     OPTIMIZED_METRIC,
     TEST_ACCURACY,
     TEST_LOSS,
@@ -42,6 +45,8 @@ from fashion_hpo.training import EpochResult, Evaluation
 log = logging.getLogger(__name__)
 
 STUDY_TAG = "study_name"
+# Optuna's RetryFailedTrialCallback records the number of the trial a retry replaces under this system attribute.
+RETRIED_TRIAL_KEY = "failed_trial"
 # The callback ends every trial's run FINISHED; these statuses let the UI's status column tell them apart.
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -103,19 +108,39 @@ def tracked_objective(
             }
         )
         mlflow.log_param("model", settings.model)
+        retried = trial.storage.get_trial_system_attrs(trial._trial_id).get(RETRIED_TRIAL_KEY)
+        if retried is not None:  # a retry of a trial whose worker died: the UI links the two
+            mlflow.set_tag("retry_of_trial", str(retried))
         try:
             return objective(trial)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED, True)
             tracker.interrupted_run_id = mlflow.active_run().info.run_id
             raise
         except Exception as err:
-            trial.set_user_attr("exception_type", type(err).__name__)
-            trial.set_user_attr("exception_message", str(err)[:1000])
+            trial.set_user_attr(EXCEPTION_TYPE, type(err).__name__)
+            trial.set_user_attr(EXCEPTION_MESSAGE, str(err)[:1000])
             raise
 
     return tracker.track(run_trial), tracker
+
+
+def end_stale_runs(trial: FrozenTrial) -> None:
+    """End the MLflow runs of a trial whose worker stopped sending heartbeats, and of that worker, as FAILED.
+
+    The worker was killed or hung, so nothing else would ever end them; a tag says why."""
+    client = MlflowClient()
+    run_id = trial.system_attrs.get(RUN_ID_ATTRIBUTE_KEY)
+    if run_id is None:
+        return  # killed before its run was created
+    worker_run_id = client.get_run(run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
+    reason = f"trial {trial.number} stopped sending heartbeats (worker killed or hung); reclaimed and retried"
+    for stale_id in filter(None, (run_id, worker_run_id)):
+        if client.get_run(stale_id).info.status == "RUNNING":
+            client.set_tag(stale_id, "reclaimed", reason)
+            client.set_terminated(stale_id, status="FAILED")
 
 
 def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
@@ -164,9 +189,15 @@ def choose_experiment(study_name: str) -> None:
 
 @contextmanager
 def parent_run(settings: RunSettings, run_name: str | None = None) -> Iterator[str]:
-    """The invocation's run (under `mlflow run`, the project's own run), ended with the right status."""
+    """The invocation's run (under `mlflow run`, the project's own run), ended with the right status.
+
+    A worker started by `--workers` nests its run under the run of the command that started it."""
     choose_experiment(settings.study_name)
-    run = mlflow.start_run(run_name=run_name or settings.study_name, tags={STUDY_TAG: settings.study_name})
+    run = mlflow.start_run(
+        run_name=run_name or settings.run_name or settings.study_name,
+        parent_run_id=settings.parent_run_id or None,
+        tags={STUDY_TAG: settings.study_name},
+    )
     try:
         # `mlflow run` already logged the entry point's parameters; MLflow forbids changing a param.
         logged = run.data.params

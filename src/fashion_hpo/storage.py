@@ -1,0 +1,128 @@
+"""Optuna's database storage shared by workers: heartbeats, a study-wide trial budget, and a cross-process lock."""
+
+from __future__ import annotations
+
+import fcntl
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+
+from fashion_hpo.constants import INTERRUPTED
+
+StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+# Trials that hold a place in the budget: finished ones, ones a worker is running, and queued retries.
+BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# Optuna's RetryFailedTrialCallback lists, in each retry, the numbers of the failed trials it replaces.
+RETRY_HISTORY_KEY = "retry_history"
+
+
+class StudyFull(Exception):
+    """The study already has `--n-trials` trials, finished or in progress; `running` of them are still running."""
+
+    def __init__(self, running: int) -> None:
+        super().__init__(f"the study has its trials ({running} still running)")
+        self.running = running
+
+
+def engine_url(url: str) -> str:
+    """The storage URL with its SQLAlchemy driver: plain `postgresql://` means psycopg 3, the driver of our extra."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def budget_used(trials: list[FrozenTrial]) -> int:
+    """How many of the study's trials count toward `--n-trials`.
+
+    All but the failures that are not the trial's own: a trial stopped by an interrupt is rerun by the next
+    invocation, and one whose worker died is retried (the retry, queued as WAITING, counts instead)."""
+    retried = {number for t in trials for number in t.system_attrs.get(RETRY_HISTORY_KEY, ())}
+    return sum(
+        t.state in BUDGET_STATES
+        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED) and t.number not in retried)
+        for t in trials
+    )
+
+
+class BudgetedStorage(optuna.storages.RDBStorage):
+    """An RDB storage that refuses to create a trial beyond the study-wide `max_trials`.
+
+    Counting and creating happen under a lock held across processes and machines, so concurrent workers never
+    overshoot (Optuna's MaxTrialsCallback checks only after a trial ends, so workers finishing together overshoot).
+    """
+
+    def __init__(
+        self, url: str, max_trials: int, heartbeat_interval: int, grace_period: int, on_stale: StaleTrialCallback
+    ):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            super().__init__(
+                engine_url(url),
+                engine_kwargs=engine_kwargs(url),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        self.max_trials = max_trials
+
+    # Optuna's cache in front of an RDBStorage calls this private method, not `create_new_trial`.
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Create a trial if the budget allows; a template (an enqueued retry) replaces a trial and always may."""
+        if template_trial is not None:
+            return super()._create_new_trial(study_id, template_trial)
+        with trial_lock(self.engine, study_id):
+            trials = self.get_all_trials(study_id, deepcopy=False)
+            if budget_used(trials) >= self.max_trials:
+                raise StudyFull(sum(t.state == TrialState.RUNNING for t in trials))
+            return super()._create_new_trial(study_id)
+
+
+def engine_kwargs(url: str) -> dict[str, object]:
+    """SQLite: wait for a busy database (several workers and their heartbeats write to one file) instead of failing."""
+    if sqlalchemy.engine.make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 30}}
+    return {}
+
+
+@contextmanager
+def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> Iterator[None]:
+    """A lock per study that every worker on this database shares: PostgreSQL's and MySQL's named locks, else a file."""
+    key = zlib.crc32(f"fashion-hpo-trials-{study_id}".encode())
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    elif engine.dialect.name == "mysql":
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:key, -1)"), {"key": str(key)})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:key)"), {"key": str(key)})
+    else:
+        with sqlite_file_lock(engine.url.database):
+            yield
+
+
+@contextmanager
+def sqlite_file_lock(database: str | None) -> Iterator[None]:
+    """An exclusive lock on a file beside the SQLite database (processes on one machine share SQLite anyway)."""
+    if not database or database == ":memory:":
+        yield  # an in-memory database lives in one process, whose trials are created one at a time
+        return
+    with open(Path(database).with_name(Path(database).name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

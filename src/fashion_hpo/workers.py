@@ -1,0 +1,80 @@
+"""`--workers N`: N processes on this machine search one study together, each with its share of the cores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+
+import mlflow
+
+from fashion_hpo.cli import Terminated, study_argv
+from fashion_hpo.settings import RunSettings, threads_per_worker
+
+
+class WorkersFailed(RuntimeError):
+    """At least one worker process exited with an error."""
+
+
+def worker_settings(settings: RunSettings, parent_run_id: str, index: int) -> RunSettings:
+    """One worker's settings: the same study and budget, its share of the threads, its run under the parent."""
+    return replace(
+        settings,
+        workers=1,
+        threads=threads_per_worker(settings),
+        run_name=f"{settings.study_name}-worker-{index}",
+        parent_run_id=parent_run_id,
+        register=False,  # the command that started the workers registers the study's best, once
+        progress_bar=False,  # N bars would overwrite one another; Optuna still logs each trial
+    )
+
+
+def worker_env(parent_run_id: str, threads: int) -> dict[str, str]:
+    """The environment of a worker: this tracking store and experiment, but not this process's run."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: a worker would resume the project's run instead of its own
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    env["MLFLOW_EXPERIMENT_ID"] = mlflow.get_run(parent_run_id).info.experiment_id
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def start_workers(settings: RunSettings, parent_run_id: str) -> list[subprocess.Popen]:
+    """Start the worker processes, each in its own session so that a terminal's Ctrl-C reaches only this process."""
+    env = worker_env(parent_run_id, threads_per_worker(settings))
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "fashion_hpo", "study", *study_argv(worker_settings(settings, parent_run_id, k))],
+            env=env,
+            start_new_session=True,
+        )
+        for k in range(1, settings.workers + 1)
+    ]
+
+
+def wait_for(workers: list[subprocess.Popen]) -> list[int]:
+    """Wait for every worker; an interrupt is passed on to each (as the same signal) before it is raised here."""
+    try:
+        return [worker.wait() for worker in workers]
+    except KeyboardInterrupt as interrupt:
+        forwarded = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(forwarded)
+        for worker in workers:
+            try:
+                worker.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: pass it on too, as a terminal would have
+                worker.send_signal(forwarded)
+                worker.wait()
+        raise
+
+
+def search_in_workers(settings: RunSettings, parent_run_id: str) -> None:
+    """Run the search in `--workers` processes and wait for all; raise WorkersFailed naming those that failed."""
+    codes = wait_for(start_workers(settings, parent_run_id))
+    failed = [f"worker {k} exited with code {code}" for k, code in enumerate(codes, 1) if code != 0]
+    if failed:
+        raise WorkersFailed(", ".join(failed))
