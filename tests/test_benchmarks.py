@@ -44,3 +44,12 @@ def test_tracking_overhead_quick_run_compares_on_and_off(real_data_dir: Path, tm
     assert report["off_s"] > 0 and report["on_s"] > 0
     assert report["overhead"] == report["on_s"] / report["off_s"] - 1
     assert "goal <= 3%" in result.stdout
+
+
+def test_workers_ratio_quick_run_compares_one_and_two_workers(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "workers.json"
+    result = run_quick("workers_ratio.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    assert report["trials_per_hour"]["1"] > 0 and report["trials_per_hour"]["2"] > 0
+    assert report["ratio"] == report["trials_per_hour"]["2"] / report["trials_per_hour"]["1"]
+    assert "goal >= 1.6x" in result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import logging
 import signal
 import sys
 import threading
@@ -115,7 +116,8 @@ def flag_specs() -> dict[str, dict[str, Any]]:
         ),
         "--run-name": dict(default="", help="MLflow name of this invocation's run (default: the study name)"),
         "--parent-run-id": dict(
-            default="", help="nest this invocation's MLflow run under this run (--workers does so for its workers)"
+            default="",
+            help="nest this invocation's MLflow run under this run; --workers does so for its workers (default: none)",
         ),
         "--promote": dict(
             choices=PROMOTE_CHOICES,
@@ -269,6 +271,15 @@ def run_predict_command(args: argparse.Namespace) -> int:
         raise UsageError("--data-dir", str(err)) from err
 
 
+class DropInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C with the traceback of the KeyboardInterrupt; the line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: runs are closed as KILLED, finished trials are kept."""
 
@@ -284,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, raise_terminated)
+    logging.getLogger("optuna.study._optimize").addFilter(DropInterruptTraceback())  # the logger of failed trials
     try:
         return run_command(args)
     except UsageError as err:

@@ -59,13 +59,12 @@ class BudgetedStorage(optuna.storages.RDBStorage):
     """
 
     def __init__(
-        self, url: str, max_trials: int, heartbeat_interval: int, grace_period: int, on_stale: StaleTrialCallback
+        self, url: str, max_trials: int, heartbeat_interval: int, grace_period: int, on_stale: StaleTrialCallback | None
     ):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             super().__init__(
                 engine_url(url),
-                engine_kwargs=engine_kwargs(url),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=on_stale,
@@ -82,13 +81,6 @@ class BudgetedStorage(optuna.storages.RDBStorage):
             if budget_used(trials) >= self.max_trials:
                 raise StudyFull(sum(t.state == TrialState.RUNNING for t in trials))
             return super()._create_new_trial(study_id)
-
-
-def engine_kwargs(url: str) -> dict[str, object]:
-    """SQLite: wait for a busy database (several workers and their heartbeats write to one file) instead of failing."""
-    if sqlalchemy.engine.make_url(url).get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": 30}}
-    return {}
 
 
 @contextmanager
@@ -114,11 +106,19 @@ def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> Iterator[None
             yield
 
 
+def sqlite_database(url: str) -> str | None:
+    """The file of a SQLite URL; None for other databases, servers and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    database = sqlalchemy.engine.make_url(url).database
+    return database if database and database != ":memory:" else None
+
+
 @contextmanager
 def sqlite_file_lock(database: str | None) -> Iterator[None]:
-    """An exclusive lock on a file beside the SQLite database (processes on one machine share SQLite anyway)."""
+    """An exclusive lock on a file beside a SQLite database (processes sharing SQLite share a machine anyway)."""
     if not database or database == ":memory:":
-        yield  # an in-memory database lives in one process, whose trials are created one at a time
+        yield  # in memory: one process, which creates its trials one at a time
         return
     with open(Path(database).with_name(Path(database).name + ".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

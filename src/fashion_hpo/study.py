@@ -97,7 +97,7 @@ def storage_error(err: Exception, url: str) -> UsageError:
     return UsageError("--storage", f"cannot use {redact_url(url)}: {reason}")
 
 
-def open_study(settings: RunSettings, on_stale: StaleTrialCallback) -> optuna.Study:
+def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None) -> optuna.Study:
     """Create the study, or load it when it exists so that rerunning a command (or another worker) continues it.
 
     `on_stale` is called for each trial whose worker stopped sending heartbeats, after Optuna marked it FAIL."""

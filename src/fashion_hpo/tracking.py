@@ -40,6 +40,7 @@ from fashion_hpo.constants import (
     VAL_LOSS,
 )
 from fashion_hpo.settings import RunSettings, UsageError, redact_url
+from fashion_hpo.storage import sqlite_database, sqlite_file_lock
 from fashion_hpo.training import EpochResult, Evaluation
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def check_tracking_store() -> None:
     added = {name: value for name, value in PROBE_HTTP_SETTINGS.items() if name not in os.environ}
     os.environ.update(added)
     try:
-        MlflowClient().search_experiments(max_results=1)
+        probe_store(uri)
     except Exception as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise UsageError(
@@ -178,6 +179,13 @@ def check_tracking_store() -> None:
     finally:
         for name in added:
             os.environ.pop(name, None)
+
+
+def probe_store(uri: str) -> None:
+    """Ask the store for one experiment. Workers started together on a new SQLite store would race to create
+    MLflow's tables (a half-migrated schema, `_alembic_tmp_*` clashes): one at a time creates them."""
+    with sqlite_file_lock(sqlite_database(uri)):
+        MlflowClient().search_experiments(max_results=1)
 
 
 def choose_experiment(study_name: str) -> None:

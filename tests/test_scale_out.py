@@ -1,0 +1,311 @@
+"""Many workers on one study: real processes on real PostgreSQL / SQLite storage, an MLflow server, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import mlflow
+import optuna
+import pytest
+import sqlalchemy
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from fashion_hpo.settings import available_cores
+from fashion_hpo.storage import engine_url
+from tests.conftest import subprocess_env, temporary_tracking
+
+pytestmark = pytest.mark.e2e
+STUDY = "shared"
+POSTGRES_URL_VARIABLE = "FASHION_HPO_TEST_POSTGRES_URL"
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of a PostgreSQL role that may create databases (`scripts/postgres.sh` prints one; CI exports it)."""
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: export {POSTGRES_URL_VARIABLE} (scripts/postgres.sh)")
+        pytest.skip(f"no PostgreSQL: export {POSTGRES_URL_VARIABLE}=$(sudo scripts/postgres.sh)")
+    return url
+
+
+@pytest.fixture
+def new_database(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Creates empty PostgreSQL databases on demand (one per store) and drops them after the test."""
+    admin = sqlalchemy.create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"fashion_hpo_test_{uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        created.append(name)
+        return sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def study_command(data_dir: Path, storage: str, n_trials: int, *extra: str) -> list[str]:
+    """A worker's `fashion-hpo study` command: tiny trials, one thread, no registration."""
+    command = [sys.executable, "-m", "fashion_hpo", "study", "--study-name", STUDY, "--storage", storage]
+    command += ["--n-trials", str(n_trials), "--epochs", "1", "--max-train-samples", "600", "--timeout", "0"]
+    return [*command, "--data-dir", str(data_dir), "--threads", "1", "--no-register", "--no-progress-bar", *extra]
+
+
+def start(command: list[str], work: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a CLI process tracking into `work` (or into `env`'s tracking URI)."""
+    return subprocess.Popen(
+        command, cwd=work, env=env or subprocess_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 600) -> str:
+    """Wait for a process that must succeed; returns its output."""
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, (out + err)[-4000:]
+    return out + err
+
+
+def assert_one_run_per_trial(storage: str, n_trials: int) -> list[FrozenTrial]:
+    """Exactly `n_trials` counted trials; each trial has its own child run, closed, tagged with the study."""
+    trials = optuna.load_study(study_name=STUDY, storage=engine_url(storage)).get_trials(deepcopy=False)
+    assert sum(t.state in COUNTED for t in trials) == n_trials
+    assert all(t.state.is_finished() for t in trials)
+    run_ids = [t.system_attrs["mlflow_run_id"] for t in trials]
+    assert len(set(run_ids)) == len(trials), "no two trials share a run"
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    assert "RUNNING" not in {run.info.status for run in runs}
+    assert {run.data.tags.get("study_name") for run in runs} == {STUDY}
+    children = [run for run in runs if run.info.run_name.startswith("trial-")]
+    assert sorted(run.info.run_id for run in children) == sorted(run_ids), "one child run per trial, no more"
+    by_id = {run.info.run_id: run for run in runs}
+    for trial in trials:
+        parent = by_id[by_id[trial.system_attrs["mlflow_run_id"]].data.tags["mlflow.parentRunId"]]
+        assert not parent.info.run_name.startswith("trial-"), "trials nest under a worker's run"
+    return trials
+
+
+def test_three_worker_processes_share_one_postgres_study(
+    tmp_path: Path, real_data_dir: Path, new_database: Callable[[], str]
+) -> None:
+    storage = new_database()
+    workers = [start(study_command(real_data_dir, storage, 9), tmp_path) for _ in range(3)]
+    outputs = [finish(worker) for worker in workers]
+    assert all("Traceback" not in out for out in outputs)
+    with temporary_tracking(tmp_path):
+        assert_one_run_per_trial(storage, 9)
+        worker_runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"run_name = '{STUDY}'")
+        assert len(worker_runs) == 3
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, new_database: Callable[[], str]) -> Iterator[str]:
+    """`mlflow server` on a free loopback port with a PostgreSQL backend store; yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", new_database(), "--artifacts-destination", str(tmp_path / "server-artifacts")]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, server, tmp_path / "server.log")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll the server's /health until it answers."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow server did not start: {log.read_text()[-3000:]}")
+
+
+def test_workers_against_an_mlflow_server_register_the_best_once(
+    tmp_path: Path, real_data_dir: Path, new_database: Callable[[], str], mlflow_server: str
+) -> None:
+    storage = new_database()
+    env = {**subprocess_env(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server}
+    command = [arg for arg in study_command(real_data_dir, storage, 6, "--workers", "3") if arg != "--no-register"]
+    out = finish(start(command, tmp_path, env))
+    assert "Registered: models:/fashion-mnist-classifier/1" in out
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        mlflow.set_tracking_uri(mlflow_server)
+        try:
+            trials = assert_one_run_per_trial(storage, 6)
+            versions = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
+        finally:
+            mlflow.set_tracking_uri(None)
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert [(v.tags["study_name"], v.tags["best_trial_number"]) for v in versions] == [(STUDY, str(best.number))]
+
+
+def running_trial_of(storage: str, worker_run_name: str) -> FrozenTrial | None:
+    """A RUNNING trial (after the first finished one) whose child run hangs under the named worker run."""
+    try:
+        trials = optuna.load_study(study_name=STUDY, storage=engine_url(storage)).get_trials(deepcopy=False)
+    except KeyError:
+        return None
+    if not any(t.state.is_finished() for t in trials):
+        return None
+    client = MlflowClient()
+    for trial in trials:
+        if trial.state == TrialState.RUNNING and "mlflow_run_id" in trial.system_attrs:
+            parent_id = client.get_run(trial.system_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
+            if client.get_run(parent_id).info.run_name == worker_run_name:
+                return trial
+    return None
+
+
+def kill_mid_trial(storage: str, worker: subprocess.Popen[str], run_name: str, timeout: float = 300) -> FrozenTrial:
+    """SIGKILL `worker` while it runs a trial; returns that trial."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, worker.communicate()
+        trial = running_trial_of(storage, run_name)
+        if trial is not None:
+            worker.kill()
+            worker.wait()
+            return trial
+        time.sleep(0.3)
+    pytest.fail("the worker never ran a trial")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_sigkilled_worker_trial_is_reclaimed_retried_and_its_runs_closed(
+    tmp_path: Path, real_data_dir: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    storage = request.getfixturevalue("new_database")() if database == "postgresql" else f"sqlite:///{tmp_path}/o.db"
+    slow = ["--epochs", "4", "--max-train-samples", "3000", "--pruner", "none"]
+    recovery = ["--heartbeat-interval", "1", "--grace-period", "3"]
+    command = study_command(real_data_dir, storage, 6, *slow, *recovery)
+    doomed = start([*command, "--run-name", "doomed"], tmp_path)
+    survivor = start([*command, "--run-name", "survivor"], tmp_path)
+    with temporary_tracking(tmp_path):
+        killed = kill_mid_trial(storage, doomed, "doomed")
+        finish(survivor)
+        trials = assert_one_run_per_trial(storage, 6)
+        client = MlflowClient()
+        killed_run = client.get_run(killed.system_attrs["mlflow_run_id"])
+        worker_run = client.get_run(killed_run.data.tags["mlflow.parentRunId"])
+    assert trials[killed.number].state == TrialState.FAIL
+    assert (killed_run.info.status, worker_run.info.status) == ("FAILED", "FAILED")
+    assert "heartbeats" in killed_run.data.tags["reclaimed"] and "reclaimed" in worker_run.data.tags
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed.number)
+    assert retry.params == killed.params and retry.state in COUNTED
+    assert_rerun_adds_nothing(tmp_path, command, storage, len(trials))
+
+
+def assert_rerun_adds_nothing(work: Path, command: list[str], storage: str, n_trials: int) -> None:
+    """Rerunning a finished study's command continues it: with its budget spent, no trial and no child run."""
+    with temporary_tracking(work):
+        children_before = len(mlflow.search_runs(search_all_experiments=True, filter_string="run_name LIKE 'trial-%'"))
+    out = finish(start(command, work))
+    assert "already has its --n-trials" in out
+    with temporary_tracking(work):
+        children = mlflow.search_runs(search_all_experiments=True, filter_string="run_name LIKE 'trial-%'")
+    assert len(children) == children_before
+    assert len(optuna.load_study(study_name=STUDY, storage=engine_url(storage)).trials) == n_trials
+
+
+def test_workers_flag_on_sqlite_nests_worker_runs_and_registers_once(tmp_path: Path, real_data_dir: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    command = [arg for arg in study_command(real_data_dir, storage, 4, "--workers", "2") if arg != "--no-register"]
+    at = command.index("--threads")
+    del command[at : at + 2]  # default threads: the cores split between the workers
+    out = finish(start(command, tmp_path))
+    assert out.count("Registered: models:/") == 1
+    with temporary_tracking(tmp_path):
+        assert_one_run_per_trial(storage, 4)
+        runs = mlflow.search_runs(search_all_experiments=True)
+    top = runs[runs["tags.mlflow.parentRunId"].isna()]
+    workers = runs[runs["tags.mlflow.runName"].str.contains("-worker-")]
+    assert len(top) == 1 and top.iloc[0]["params.workers"] == "2"
+    assert sorted(workers["tags.mlflow.runName"]) == [f"{STUDY}-worker-1", f"{STUDY}-worker-2"]
+    assert set(workers["tags.mlflow.parentRunId"]) == {top.iloc[0]["run_id"]}
+    assert set(workers["params.threads"]) == {str(max(1, available_cores() // 2))}
+    assert top.iloc[0]["metrics.test_accuracy"] > 0.5, "the command that started the workers registered"
+
+
+def test_ctrl_c_reaches_every_worker_and_leaves_nothing_running(tmp_path: Path, real_data_dir: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    slow = ["--epochs", "10", "--max-train-samples", "3000", "--pruner", "none", "--workers", "2"]
+    coordinator = start(study_command(real_data_dir, storage, 50, *slow), tmp_path)
+    with temporary_tracking(tmp_path):
+        kill_signal_sent = False
+        deadline = time.monotonic() + 300
+        while not kill_signal_sent and time.monotonic() < deadline:
+            if running_trial_of(storage, f"{STUDY}-worker-1") and running_trial_of(storage, f"{STUDY}-worker-2"):
+                coordinator.send_signal(signal.SIGINT)
+                kill_signal_sent = True
+            time.sleep(0.3)
+    _out, err = coordinator.communicate(timeout=120)
+    assert coordinator.returncode == 130, err[-3000:]
+    assert "interrupted (SIGINT)" in err and "Traceback" not in err
+    with temporary_tracking(tmp_path):
+        runs = mlflow.search_runs(search_all_experiments=True)
+    assert "RUNNING" not in set(runs["status"])
+    workers = runs[runs["tags.mlflow.runName"].str.contains("-worker-")]
+    assert list(workers["status"]) == ["KILLED", "KILLED"]
+    assert set(runs[runs["tags.mlflow.parentRunId"].isna()]["status"]) == {"KILLED"}
+    trials = optuna.load_study(study_name=STUDY, storage=storage).trials
+    assert TrialState.RUNNING not in {t.state for t in trials}
+
+
+def test_password_in_the_storage_url_is_nowhere_in_the_store_or_output(
+    tmp_path: Path, real_data_dir: Path, new_database: Callable[[], str]
+) -> None:
+    storage = new_database()
+    password = sqlalchemy.engine.make_url(storage).password
+    assert password
+    plain = storage.replace("postgresql+psycopg://", "postgresql://")  # the driver-less spelling works too
+    command = [arg for arg in study_command(real_data_dir, plain, 2) if arg != "--no-register"]
+    out = finish(start(command, tmp_path))
+    assert "Registered: models:/" in out and password not in out
+    with temporary_tracking(tmp_path):
+        client = MlflowClient()
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        versions = client.search_model_versions()
+    assert runs and versions
+    for run in runs:
+        assert password not in repr((run.data.params, run.data.tags, run.info.run_name))
+    assert all(password not in repr((v.tags, v.description)) for v in versions)
+    assert "***" in runs[-1].data.params["storage"]
+    stored = [tmp_path / "mlflow.db", *(p for p in (tmp_path / "mlruns").rglob("*") if p.is_file())]
+    for path in stored:
+        assert password.encode() not in path.read_bytes(), path

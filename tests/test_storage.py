@@ -1,0 +1,117 @@
+"""The shared study: the study-wide trial budget, what counts toward it, and samplers that keep workers apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from fashion_hpo.cli import build_parser, settings_from_args, study_argv
+from fashion_hpo.constants import INTERRUPTED
+from fashion_hpo.settings import RunSettings, UsageError, check_scale_out
+from fashion_hpo.storage import StudyFull, budget_used, engine_url
+from fashion_hpo.study import budget_left, open_study, run_search
+
+
+def uniform(trial: optuna.Trial) -> float:
+    """A cheap objective over one float."""
+    return trial.suggest_float("x", 0.0, 1.0)
+
+
+def settings(tmp_path: Path, **changes: object) -> RunSettings:
+    """Settings of a study in a SQLite file under `tmp_path`."""
+    return RunSettings(**{"study_name": "budget", "storage": f"sqlite:///{tmp_path}/o.db", "timeout": 0, **changes})
+
+
+def test_the_study_stops_at_its_total_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
+    run = settings(tmp_path, n_trials=5)
+    run_search(open_study(run), uniform, run, show_progress_bar=False)
+    run_search(open_study(run), uniform, run, show_progress_bar=False)
+    study = open_study(run)
+    assert len(study.trials) == 5 and budget_left(study, 5) == 0
+    with pytest.raises(StudyFull):
+        study.ask()
+
+
+def test_two_workers_never_overshoot_the_total(tmp_path: Path) -> None:
+    """Two study handles with their own samplers, as two processes would have, alternate asking for trials."""
+    run = settings(tmp_path, n_trials=7)
+    workers = [open_study(run), open_study(run)]
+    asked = []
+    for turn in range(10):
+        try:
+            asked.append(workers[turn % 2].ask())
+        except StudyFull as full:
+            assert full.running == 7
+            break
+    assert len(asked) == 7
+
+
+def test_workers_with_the_same_seed_draw_different_params_and_one_worker_is_reproducible(tmp_path: Path) -> None:
+    run = settings(tmp_path, n_trials=8, sampler="random")
+    workers = [open_study(run), open_study(run)]
+    for turn in range(8):
+        trial = workers[turn % 2].ask()
+        workers[turn % 2].tell(trial, uniform(trial))
+    shared = [t.params["x"] for t in workers[0].trials]
+    assert len(set(shared)) == 8
+    alone = settings(tmp_path / "again", n_trials=8, sampler="random")
+    (tmp_path / "again").mkdir()
+    run_search(open_study(alone), uniform, alone, show_progress_bar=False)
+    assert [t.params["x"] for t in open_study(alone).trials] == shared, "trial k draws the same, whoever runs it"
+
+
+def frozen(number: int, state: TrialState, **attrs: object) -> optuna.trial.FrozenTrial:
+    """A finished trial with a number and optional user/system attributes."""
+    trial = create_trial(
+        state=state,
+        value=0.5 if state == TrialState.COMPLETE else None,
+        params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs=attrs.get("user_attrs", {}),
+        system_attrs=attrs.get("system_attrs", {}),
+    )
+    trial.number = number
+    return trial
+
+
+def test_interrupted_and_retried_failures_do_not_use_the_budget() -> None:
+    trials = [
+        frozen(0, TrialState.COMPLETE),
+        frozen(1, TrialState.PRUNED),
+        frozen(2, TrialState.FAIL, user_attrs={"exception_type": "RuntimeError"}),  # its own error: counts
+        frozen(3, TrialState.FAIL, user_attrs={INTERRUPTED: True}),  # Ctrl-C: rerun later
+        frozen(4, TrialState.FAIL),  # its worker died ...
+        frozen(5, TrialState.WAITING, system_attrs={"failed_trial": 4, "retry_history": [4]}),  # ... retried here
+        frozen(6, TrialState.RUNNING),
+    ]
+    assert budget_used(trials) == 5
+
+
+def test_worker_command_lines_reproduce_the_settings() -> None:
+    original = RunSettings(
+        n_trials=9, workers=1, threads=3, run_name="s-worker-2", parent_run_id="abc", register=False, progress_bar=False
+    )
+    parsed = settings_from_args(build_parser().parse_args(["study", *study_argv(original)]))
+    assert parsed == original
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag"),
+    [
+        ({"heartbeat_interval": 10, "grace_period": 10}, "--grace-period"),
+        ({"workers": 2, "storage": "sqlite://"}, "--storage"),
+        ({"workers": 2, "storage": "sqlite:///:memory:"}, "--storage"),
+    ],
+)
+def test_scale_out_settings_that_cannot_work_name_their_flag(changes: dict[str, object], flag: str) -> None:
+    with pytest.raises(UsageError, match=flag):
+        check_scale_out(RunSettings(**changes))
+
+
+def test_plain_postgresql_urls_use_the_psycopg_driver_of_the_extra() -> None:
+    assert engine_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
+    assert engine_url("sqlite:///o.db") == "sqlite:///o.db"
