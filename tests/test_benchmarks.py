@@ -53,3 +53,31 @@ def test_workers_ratio_quick_run_compares_one_and_two_workers(real_data_dir: Pat
     assert report["trials_per_hour"]["1"] > 0 and report["trials_per_hour"]["2"] > 0
     assert report["ratio"] == report["trials_per_hour"]["2"] / report["trials_per_hour"]["1"]
     assert "goal >= 1.6x" in result.stdout
+
+
+def test_pruning_payoff_quick_run_compares_three_pruners(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "pruning.json"
+    result = run_quick("pruning_payoff.py", real_data_dir, output)
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["median", "hyperband", "none"]
+    assert rows["none"]["epochs_trained"] == 4 * 2 and rows["none"]["pruned"] == 0
+    assert all(row["epochs_trained"] <= rows["none"]["epochs_trained"] for row in rows.values())
+    assert "best val acc" in result.stdout
+
+
+def test_readme_benchmark_table_is_the_one_generated_from_the_json_results() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import report
+    finally:
+        sys.path.pop(0)
+    readme = (REPO / "README.md").read_text()
+    assert report.readme_with(readme, report.table()) == readme, "run: python benchmarks/report.py --write"
+
+
+def test_quality_quick_run_reads_the_registered_models_test_accuracy(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "quality.json"
+    run_quick("quality.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    assert report["trials"]["finished"] == 2 and report["command"].startswith("mlflow run . --env-manager local")
+    assert 0.3 < report["test_accuracy"] <= 1 and report["best_params"]

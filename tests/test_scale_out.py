@@ -253,8 +253,11 @@ def test_workers_flag_on_sqlite_nests_worker_runs_and_registers_once(tmp_path: P
     with temporary_tracking(tmp_path):
         assert_one_run_per_trial(storage, 4)
         runs = mlflow.search_runs(search_all_experiments=True)
-    top = runs[runs["tags.mlflow.parentRunId"].isna()]
-    workers = runs[runs["tags.mlflow.runName"].str.contains("-worker-")]
+        top = runs[runs["tags.mlflow.parentRunId"].isna()]
+        workers = runs[runs["tags.mlflow.runName"].str.contains("-worker-")]
+        artifacts = {run_id: {a.path for a in MlflowClient().list_artifacts(run_id)} for run_id in runs["run_id"]}
+    assert {"trials.csv", "plots"} <= artifacts[top.iloc[0]["run_id"]], "the study's table and plots, once"
+    assert all(not artifacts[run_id] for run_id in workers["run_id"])
     assert len(top) == 1 and top.iloc[0]["params.workers"] == "2"
     assert sorted(workers["tags.mlflow.runName"]) == [f"{STUDY}-worker-1", f"{STUDY}-worker-2"]
     assert set(workers["tags.mlflow.parentRunId"]) == {top.iloc[0]["run_id"]}

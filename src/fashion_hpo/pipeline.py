@@ -124,7 +124,8 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     """Print and log the study's trial counts and best trial (also after an interrupt); returns the best."""
     counts, best = trial_counts(study), best_trial(study)
     print_summary(counts, best, settings)
-    log_study_summary(study, counts, best)
+    # A worker of --workers leaves the study's table and plots (seconds of work each) to the run above it.
+    log_study_summary(study, counts, best, artifacts=not settings.parent_run_id)
     return best
 
 

@@ -221,12 +221,16 @@ def parent_run(settings: RunSettings, run_name: str | None = None) -> Iterator[s
     mlflow.end_run("FINISHED")
 
 
-def log_study_summary(study: optuna.Study, counts: dict[str, int], best: FrozenTrial | None) -> None:
-    """On the parent run: trial counts, the best trial, the trials table and Optuna's plots."""
+def log_study_summary(
+    study: optuna.Study, counts: dict[str, int], best: FrozenTrial | None, artifacts: bool = True
+) -> None:
+    """On the parent run: trial counts, the best trial, and (with `artifacts`) the trials table and Optuna's plots."""
     mlflow.log_metrics({f"trials_{state}": float(n) for state, n in counts.items()})
     if best is not None:
         mlflow.log_metrics({"best_trial_number": float(best.number), f"best_{OPTIMIZED_METRIC}": best.value})
         mlflow.log_params({f"best_{name}": value for name, value in best.params.items()})
+    if not artifacts:
+        return
     if counts["finished"]:
         try_artifact("trials.csv", lambda: mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv"))
     log_plots(study, counts["complete"])

@@ -1,0 +1,73 @@
+"""Benchmark 5: model quality within the time budget — the README's main command, `mlflow run .`, from an empty folder.
+
+Runs `mlflow run <repo> --env-manager local` (plus any `-P` overrides) in a temporary folder and reads the result
+back from the tracking store: trials, best validation accuracy, and the registered model's test accuracy.
+`--model cnn --timeout 1800` is the CNN study. Writes a JSON file (named after the model) next to this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args() -> argparse.Namespace:
+    """--quick, --model, --timeout, --data-dir, --output."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch)")
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="search space (default: mlp)")
+    parser.add_argument("--timeout", type=int, default=600, help="the study's budget in seconds (default: 600)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
+    parser.add_argument("--output", type=Path, help="JSON result file (default: quality_<model>.json beside it)")
+    return parser.parse_args()
+
+
+def run_project(folder: Path, params: dict[str, str]) -> float:
+    """`mlflow run` of this project in `folder`; returns its wall seconds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [shutil.which("mlflow", path=env["PATH"]) or "mlflow", "run", str(HERE.parent), "--env-manager", "local"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    start = time.monotonic()
+    subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+def main() -> None:
+    args = parse_args()
+    params = {"model": args.model, "timeout": str(args.timeout), "data_dir": str(args.data_dir.resolve())}
+    if args.quick:
+        params.update(n_trials="2", epochs="1", max_train_samples="1000")
+    with tempfile.TemporaryDirectory() as folder:
+        wall = run_project(Path(folder), params)
+        client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.test_accuracy > 0")
+        metrics, run_params = runs[0].data.metrics, runs[0].data.params
+    result = {
+        "command": "mlflow run . --env-manager local " + " ".join(f"-P {k}={v}" for k, v in params.items()),
+        "wall_s": wall,
+        "trials": {state: int(metrics[f"trials_{state}"]) for state in ("finished", "complete", "pruned", "failed")},
+        "best_trial": int(metrics["best_trial_number"]),
+        "best_val_accuracy": metrics["best_val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "best_params": {k[len("best_") :]: v for k, v in run_params.items() if k.startswith("best_")},
+    }
+    print(json.dumps(result, indent=2))
+    (args.output or HERE / f"quality_{args.model}.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
