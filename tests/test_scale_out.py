@@ -109,9 +109,16 @@ def test_three_worker_processes_share_one_postgres_study(
     outputs = [finish(worker) for worker in workers]
     assert all("Traceback" not in out for out in outputs)
     with temporary_tracking(tmp_path):
-        assert_one_run_per_trial(storage, 9)
+        trials = assert_one_run_per_trial(storage, 9)
         worker_runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"run_name = '{STUDY}'")
         assert len(worker_runs) == 3
+    register = [sys.executable, "-m", "fashion_hpo", "register", "--study-name", STUDY, "--storage", storage]
+    out = finish(start([*register, "--data-dir", str(real_data_dir)], tmp_path))
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert "Registered: models:/fashion-mnist-classifier/1" in out, "the best across all workers, registered once"
+    with temporary_tracking(tmp_path):
+        (version,) = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
+    assert version.tags["best_trial_number"] == str(best.number)
 
 
 def free_port() -> int:

@@ -1,0 +1,38 @@
+"""`--workers N` without training: worker failures reach the command's exit code and its run's status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from fashion_hpo import workers
+from fashion_hpo.pipeline import run_study
+from fashion_hpo.settings import RunSettings
+
+
+def exiting_workers(*codes: int) -> list[subprocess.Popen]:
+    """Processes that exit at once with these codes, standing in for worker processes."""
+    return [subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"]) for code in codes]
+
+
+def test_a_failed_worker_fails_the_command_and_its_run(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(workers, "start_workers", lambda settings, run_id: exiting_workers(0, 3))
+    settings = RunSettings(workers=2, study_name="crew", storage=f"sqlite:///{tmp_path}/o.db", data_dir=tmp_path)
+    assert run_study(settings, torch.device("cpu")) == 1
+    assert "worker 2 exited with code 3" in capsys.readouterr().err
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED" and run.data.params["workers"] == "2"
+
+
+def test_worker_settings_split_the_cores_and_nest_under_the_command() -> None:
+    settings = workers.worker_settings(RunSettings(workers=2, threads=0, study_name="crew"), "parent-id", 2)
+    assert (settings.workers, settings.register, settings.progress_bar) == (1, False, False)
+    assert (settings.run_name, settings.parent_run_id) == ("crew-worker-2", "parent-id")
+    assert settings.threads >= 1
