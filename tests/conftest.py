@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,10 @@ import torch
 from fashion_hpo.data import FashionData, Split
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The interrupt tests send SIGINT as a terminal's Ctrl-C would. A shell starts background jobs with SIGINT ignored,
+# which their children inherit across exec; a Python handler here is reset to the default in every child instead.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def synthetic_split(n: int, seed: int) -> Split:
