@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from PIL import Image
 from torchvision.datasets import FashionMNIST
 
 from fashion_hpo.cli import main
-from tests.conftest import REPO, temporary_tracking
+from tests.conftest import REPO, free_port, temporary_tracking, wait_until_answering
 
 pytestmark = pytest.mark.e2e
 CHAMPION = "models:/fashion-mnist-classifier@champion"
@@ -125,12 +123,6 @@ def test_unknown_model_uri_is_one_line_exit_2(work: Path, capsys: pytest.Capture
     assert code == 2 and err.count("\n") == 1 and "--model-uri" in err and "nosuchalias" in err
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def post(url: str, payload: bytes) -> tuple[int, dict]:
     """POST a JSON body; returns the status and the decoded answer, also for 4xx."""
     request = urllib.request.Request(url, payload, {"Content-Type": "application/json"})
@@ -153,15 +145,7 @@ def server(work: Path) -> Iterator[str]:
     process = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        assert process.poll() is None, (work / "serve.log").read_text()[-3000:]
+        wait_until_answering(f"{base}/ping", process, work / "serve.log")
         yield base
     finally:
         process.terminate()

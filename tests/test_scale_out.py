@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.settings import available_cores
 from fashion_hpo.storage import engine_url
-from tests.conftest import subprocess_env, temporary_tracking
+from tests.conftest import free_port, subprocess_env, temporary_tracking, wait_until_answering
 
 pytestmark = pytest.mark.e2e
 STUDY = "shared"
@@ -121,13 +120,6 @@ def test_three_worker_processes_share_one_postgres_study(
     assert version.tags["best_trial_number"] == str(best.number)
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path, new_database: Callable[[], str]) -> Iterator[str]:
     """`mlflow server` on a free loopback port with a PostgreSQL backend store; yields its URL."""
@@ -138,28 +130,12 @@ def mlflow_server(tmp_path: Path, new_database: Callable[[], str]) -> Iterator[s
     server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(url, server, tmp_path / "server.log")
+        wait_until_answering(f"{url}/health", server, tmp_path / "server.log")
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         log.close()
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Poll the server's /health until it answers."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow server did not start: {log.read_text()[-3000:]}")
 
 
 def test_workers_against_an_mlflow_server_register_the_best_once(
