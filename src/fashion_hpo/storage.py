@@ -60,7 +60,7 @@ class BudgetedStorage(optuna.storages.RDBStorage):
 
     def __init__(
         self, url: str, max_trials: int, heartbeat_interval: int, grace_period: int, on_stale: StaleTrialCallback | None
-    ):
+    ) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             super().__init__(
