@@ -8,17 +8,17 @@ Prints trial-seconds for each and their ratio; writes the numbers to a JSON file
 from __future__ import annotations
 
 import json
-import time
+from functools import partial
 
 import optuna
 import torch
 import torch.nn.functional as F
-from benchmark_args import parse_args
+from benchmark_args import device_label, parse_args, timed
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from fashion_hpo.data import ensure_raw_files, load_data
+from fashion_hpo.data import FashionData, ensure_raw_files, load_data
 from fashion_hpo.models import build_model
 from fashion_hpo.search_space import TrialConfig, suggest_config
 from fashion_hpo.training import evaluate, fit, make_optimizer
@@ -51,58 +51,61 @@ CONFIGS = [  # the same trials both ways: small, medium and large MLPs from the 
 ]
 
 
-def seed_trial(config: TrialConfig, train: Subset, val: Subset, epochs: int, seed: int) -> float:
-    """One trial the seed notebook's way: per-sample ToTensor through DataLoaders; returns validation accuracy."""
+def seed_trial(config: TrialConfig, train: Subset, val: Subset, epochs: int, seed: int, device: torch.device) -> float:
+    """One trial the seed notebook's way: per-sample ToTensor through DataLoaders, each batch copied to the device;
+    returns validation accuracy."""
     torch.manual_seed(seed)
-    model = build_model(config.model)
+    model = build_model(config.model).to(device)
     optimizer = make_optimizer(model, config)
     train_loader = DataLoader(train, batch_size=128, shuffle=True)
     for _ in range(epochs):
         model.train()
         for images, labels in train_loader:
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(images), labels).backward()
+            F.cross_entropy(model(images.to(device)), labels.to(device)).backward()
             optimizer.step()
     model.eval()
     correct = 0
     with torch.no_grad():
         for images, labels in DataLoader(val, batch_size=128):
-            correct += (model(images).argmax(1) == labels).sum().item()
+            correct += (model(images.to(device)).argmax(1) == labels.to(device)).sum().item()
     return correct / len(val)
 
 
+def our_trial(config: TrialConfig, data: FashionData, samples: int, epochs: int, seed: int) -> None:
+    """The same trial our way: batches indexed from the splits' tensors, which live on the device."""
+    torch.manual_seed(seed)
+    model = build_model(config.model).to(data.train.images.device)
+    fit(model, config, data.train.head(samples), None, epochs, seed=seed)
+    evaluate(model, data.val.head(2000))
+
+
 def main() -> None:
-    args = parse_args(__doc__, __file__, "2,000 samples, 1 epoch")
+    args = parse_args(__doc__, __file__, "2,000 samples, 1 epoch", device=True)
     samples, epochs = (2000, 1) if args.quick else (20000, 2)
     ensure_raw_files(args.data_dir)
-    data = load_data(args.data_dir, seed=0)
+    data = load_data(args.data_dir, seed=0, device=args.device)
     raw = FashionMNIST(str(args.data_dir), train=True, transform=transforms.ToTensor())
     order = torch.randperm(len(raw), generator=torch.Generator().manual_seed(0))
     seed_train, seed_val = Subset(raw, order[:samples].tolist()), Subset(raw, order[50000:52000].tolist())
-    ours_train, ours_val = data.train.head(samples), data.val.head(2000)
     rows = []
     for i, params in enumerate(CONFIGS):
         config = suggest_config(optuna.trial.FixedTrial({**params, "use_weight_decay": False}), "mlp")
-        start = time.perf_counter()
-        seed_trial(config, seed_train, seed_val, epochs, seed=i)
-        seed_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        torch.manual_seed(i)
-        model = build_model(config.model)
-        fit(model, config, ours_train, None, epochs, seed=i)
-        evaluate(model, ours_val)
-        ours_seconds = time.perf_counter() - start
+        seed_seconds = timed(partial(seed_trial, config, seed_train, seed_val, epochs, i, args.device), args.device)
+        ours_seconds = timed(partial(our_trial, config, data, samples, epochs, i), args.device)
         rows.append({"config": i, "seed_s": seed_seconds, "ours_s": ours_seconds, "ratio": seed_seconds / ours_seconds})
     total = {k: sum(r[k] for r in rows) for k in ("seed_s", "ours_s")}
     result = {
         "samples": samples,
         "epochs": epochs,
+        "device": device_label(args.device),
         "threads": torch.get_num_threads(),
         "trials": rows,
         "ratio": total["seed_s"] / total["ours_s"],
         **total,
     }
-    print(f"{'trial':>5} {'seed s':>8} {'ours s':>8} {'ratio':>6}   ({samples} samples x {epochs} epochs)")
+    size = f"{samples} samples x {epochs} epochs, {result['device']}"
+    print(f"{'trial':>5} {'seed s':>8} {'ours s':>8} {'ratio':>6}   ({size})")
     for row in rows:
         print(f"{row['config']:>5} {row['seed_s']:8.2f} {row['ours_s']:8.2f} {row['ratio']:6.1f}")
     print(f"{'all':>5} {total['seed_s']:8.2f} {total['ours_s']:8.2f} {result['ratio']:6.1f}  (goal >= 10)")

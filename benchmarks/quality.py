@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 def parse_args() -> argparse.Namespace:
     """--quick, --model, --timeout, --data-dir, --output."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch)")
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch, refit 1 epoch)")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="search space (default: mlp)")
     parser.add_argument("--timeout", type=int, default=600, help="the study's budget in seconds (default: 600)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
@@ -50,12 +50,12 @@ def main() -> None:
     args = parse_args()
     params = {"model": args.model, "timeout": str(args.timeout), "data_dir": str(args.data_dir.resolve())}
     if args.quick:
-        params.update(n_trials="2", epochs="1", max_train_samples="1000")
+        params.update(n_trials="2", epochs="1", refit_epochs="1", max_train_samples="1000")
     with tempfile.TemporaryDirectory() as folder:
         wall = run_project(Path(folder), params)
         client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.test_accuracy > 0")
-        metrics, run_params = runs[0].data.metrics, runs[0].data.params
+        metrics, run_params, tags = runs[0].data.metrics, runs[0].data.params, runs[0].data.tags
     result = {
         "command": "mlflow run . --env-manager local " + " ".join(f"-P {k}={v}" for k, v in params.items()),
         "wall_s": wall,
@@ -63,6 +63,7 @@ def main() -> None:
         "best_trial": int(metrics["best_trial_number"]),
         "best_val_accuracy": metrics["best_val_accuracy"],
         "test_accuracy": metrics["test_accuracy"],
+        "refit_epochs": int(tags["refit_epochs"]),
         "best_params": {k[len("best_") :]: v for k, v in run_params.items() if k.startswith("best_")},
     }
     print(json.dumps(result, indent=2))

@@ -1,23 +1,68 @@
-"""The benchmark scripts run (in their --quick form), so they cannot rot."""
+"""The benchmark scripts run (in their --quick form, the first three through benchmarks/gpu.sh), so they cannot rot."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
-def test_pipeline_ratio_quick_run_reports_both_pipelines(real_data_dir: Path, tmp_path: Path) -> None:
-    output = tmp_path / "pipeline_ratio.json"
-    result = run_quick("pipeline_ratio.py", real_data_dir, output)
-    report = json.loads(output.read_text())
+@pytest.fixture(scope="module")
+def gpu_script_on_cpu(real_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """benchmarks/gpu.sh on this CUDA-less machine: its stdout, and the folder with the three JSON files."""
+    output = tmp_path_factory.mktemp("gpu")
+    command = [str(REPO / "benchmarks" / "gpu.sh"), "--data-dir", str(real_data_dir), "--output-dir", str(output)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, output
+
+
+def test_gpu_script_falls_back_to_the_quick_cpu_runs(gpu_script_on_cpu: tuple[str, Path]) -> None:
+    stdout, output = gpu_script_on_cpu
+    assert "no CUDA device here; falling back to the CPU" in stdout
+    names = ("pipeline_ratio", "loop_efficiency", "tracking_overhead")
+    for name in names:
+        assert f"== {name} (cpu) ==" in stdout
+        assert json.loads((output / f"{name}.json").read_text())["device"].startswith("cpu")
+
+
+def test_pipeline_ratio_reports_both_pipelines(gpu_script_on_cpu: tuple[str, Path]) -> None:
+    stdout, output = gpu_script_on_cpu
+    report = json.loads((output / "pipeline_ratio.json").read_text())
     assert len(report["trials"]) == 3
     assert report["seed_s"] > 0 and report["ours_s"] > 0
     assert report["ratio"] == report["seed_s"] / report["ours_s"]
-    assert "goal >= 10" in result.stdout
+    assert "goal >= 10" in stdout
+
+
+def test_loop_efficiency_reports_both_models_and_epoch_times(gpu_script_on_cpu: tuple[str, Path]) -> None:
+    stdout, output = gpu_script_on_cpu
+    report = json.loads((output / "loop_efficiency.json").read_text())
+    assert [row["model"] for row in report["rows"]] == ["mlp 512-256", "cnn 32-64"]
+    assert report["peak_gflops"] > 0 and all(row["efficiency"] > 0 and row["epoch_s"] > 0 for row in report["rows"])
+    assert "goal: efficiency >= 0.85" in stdout
+
+
+def test_tracking_overhead_compares_on_and_off(gpu_script_on_cpu: tuple[str, Path]) -> None:
+    stdout, output = gpu_script_on_cpu
+    report = json.loads((output / "tracking_overhead.json").read_text())
+    assert report["off_s"] > 0 and report["on_s"] > 0
+    assert report["overhead"] == report["on_s"] / report["off_s"] - 1
+    assert report["per_trial_s"] == pytest.approx((report["on_s"] - report["off_s"]) / (2 * report["n_trials"]))
+    assert "goal <= 3%" in stdout
+
+
+def test_gpu_script_rejects_an_unknown_argument() -> None:
+    result = subprocess.run([str(REPO / "benchmarks" / "gpu.sh"), "--fast"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown argument --fast" in result.stderr
 
 
 def run_quick(script: str, data_dir: Path, output: Path) -> subprocess.CompletedProcess[str]:
@@ -26,24 +71,6 @@ def run_quick(script: str, data_dir: Path, output: Path) -> subprocess.Completed
     result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
-
-
-def test_loop_efficiency_quick_run_reports_both_models(real_data_dir: Path, tmp_path: Path) -> None:
-    output = tmp_path / "loop.json"
-    result = run_quick("loop_efficiency.py", real_data_dir, output)
-    report = json.loads(output.read_text())
-    assert [row["model"] for row in report["rows"]] == ["mlp 512-256", "cnn 32-64"]
-    assert report["peak_gflops"] > 0 and all(row["efficiency"] > 0 for row in report["rows"])
-    assert "goal: efficiency >= 0.85" in result.stdout
-
-
-def test_tracking_overhead_quick_run_compares_on_and_off(real_data_dir: Path, tmp_path: Path) -> None:
-    output = tmp_path / "overhead.json"
-    result = run_quick("tracking_overhead.py", real_data_dir, output)
-    report = json.loads(output.read_text())
-    assert report["off_s"] > 0 and report["on_s"] > 0
-    assert report["overhead"] == report["on_s"] / report["off_s"] - 1
-    assert "goal <= 3%" in result.stdout
 
 
 def test_workers_ratio_quick_run_compares_one_and_two_workers(real_data_dir: Path, tmp_path: Path) -> None:
@@ -81,3 +108,17 @@ def test_quality_quick_run_reads_the_registered_models_test_accuracy(real_data_d
     report = json.loads(output.read_text())
     assert report["trials"]["finished"] == 2 and report["command"].startswith("mlflow run . --env-manager local")
     assert 0.3 < report["test_accuracy"] <= 1 and report["best_params"]
+    assert report["refit_epochs"] == 1, "as --quick asked"
+
+
+def test_cnn_speedups_quick_run_prices_each_variant_as_a_trial(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "cnn.json"
+    result = run_quick("cnn_speedups.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    assert list(report["rows"]) == ["ours (NCHW)", "channels-last", "torch.compile"]
+    for variant, row in report["rows"].items():
+        if "error" in row:  # torch.compile without a working C++ toolchain: reported, not hidden
+            assert variant == "torch.compile" and f"{variant:<14} unavailable" in result.stdout
+            continue
+        assert row["trial_s"] > row["one_time_s"] >= 0 and row["vs_ours"] > 0
+    assert set(report["eval_batch_s"]) == {"512", "4096", "10000"}

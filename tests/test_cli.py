@@ -119,6 +119,7 @@ def test_mlproject_names_every_flag_with_the_same_defaults() -> None:
         assert f"--{name.replace('_', '-')} {{{name}}}" in main_entry["command"]
         expected = "" if name == "study_name" else str(getattr(defaults, name))
         assert str(spec["default"]) == expected, name
-    # Not parameters: `mlflow run` names and nests its own run, registers unless -e, and logs rather than draws.
-    internal = {"register", "run_name", "parent_run_id", "progress_bar"}
+    # Not parameters: `mlflow run` names and nests its own run, registers unless -e, and logs rather than draws;
+    # starting without the baseline trial is a CLI switch.
+    internal = {"register", "run_name", "parent_run_id", "progress_bar", "baseline_trial"}
     assert set(main_entry["parameters"]) == set(RunSettings.__dataclass_fields__) - internal

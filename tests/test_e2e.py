@@ -41,8 +41,11 @@ def test_project_run_is_the_parent_of_one_child_per_trial(client: MlflowClient) 
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == list(range(1, EPOCHS + 1))
         assert "lr" in run.data.params and "optimizer" in run.data.params
+    baseline = [run.info.run_name for run in children if run.data.tags.get("baseline") == "True"]
+    assert baseline == ["trial-0000"], "a new study starts with the search space's baseline configuration"
     metrics = parent.data.metrics
     assert metrics["trials_finished"] == N_TRIALS
+    assert parent.data.tags["refit_epochs"] == str(2 * EPOCHS), "the refit trains twice the trial's epochs"
     assert 0.5 < metrics["test_accuracy"] <= 1.0
     assert "test_class_accuracy/Ankle boot" in metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import optuna
 import pytest
 
 from fashion_hpo.models import CNNConfig, MLPConfig
-from fashion_hpo.search_space import TrialConfig, config_from_params, suggest_config
+from fashion_hpo.search_space import BASELINE_PARAMS, TrialConfig, config_from_params, suggest_config
 
 MLP_PARAMS = {
     "n_layers": 2,
@@ -82,3 +83,12 @@ def test_space_matches_the_documented_ranges() -> None:
     assert set(distributions["optimizer"].choices) == {"Adam", "AdamW", "RMSprop", "SGD"}
     assert set(distributions["batch_size"].choices) == {64, 128, 256, 512}
     assert any(t.params["use_weight_decay"] is False for t in study.trials), "weight decay 0 must be reachable"
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_the_baseline_configuration_lies_inside_the_space_and_names_only_its_params(kind: str) -> None:
+    trial = optuna.trial.FixedTrial(BASELINE_PARAMS[kind])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FixedTrial warns about a value outside a parameter's range
+        suggest_config(trial, kind)
+    assert trial.params == BASELINE_PARAMS[kind]

@@ -10,7 +10,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from fashion_hpo.cli import build_parser, settings_from_args, study_argv
-from fashion_hpo.constants import INTERRUPTED
+from fashion_hpo.constants import BASELINE, INTERRUPTED
+from fashion_hpo.search_space import BASELINE_PARAMS, suggest_config
 from fashion_hpo.settings import RunSettings, UsageError, check_scale_out
 from fashion_hpo.storage import StudyFull, budget_used, engine_url
 from fashion_hpo.study import budget_left, open_study, run_search
@@ -93,7 +94,14 @@ def test_interrupted_and_retried_failures_do_not_use_the_budget() -> None:
 
 def test_worker_command_lines_reproduce_the_settings() -> None:
     original = RunSettings(
-        n_trials=9, workers=1, threads=3, run_name="s-worker-2", parent_run_id="abc", register=False, progress_bar=False
+        n_trials=9,
+        workers=1,
+        threads=3,
+        run_name="s-worker-2",
+        parent_run_id="abc",
+        register=False,
+        progress_bar=False,
+        baseline_trial=False,
     )
     parsed = settings_from_args(build_parser().parse_args(["study", *study_argv(original)]))
     assert parsed == original
@@ -115,3 +123,14 @@ def test_scale_out_settings_that_cannot_work_name_their_flag(changes: dict[str, 
 def test_plain_postgresql_urls_use_the_psycopg_driver_of_the_extra() -> None:
     assert engine_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
     assert engine_url("sqlite:///o.db") == "sqlite:///o.db"
+
+
+def test_a_new_study_first_trains_the_baseline_once_and_can_skip_it(tmp_path: Path) -> None:
+    run = settings(tmp_path, n_trials=3, model="cnn")
+    run_search(open_study(run), lambda trial: suggest_config(trial, "cnn").lr, run, show_progress_bar=False)
+    trials = open_study(run).trials
+    assert trials[0].params == BASELINE_PARAMS["cnn"] and trials[0].user_attrs == {BASELINE: True}
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert all(BASELINE not in t.user_attrs for t in trials[1:]), "reopening the study queues no second baseline"
+    plain = settings(tmp_path, n_trials=1, study_name="plain", baseline_trial=False)
+    assert open_study(plain).trials == []

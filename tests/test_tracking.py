@@ -50,7 +50,9 @@ def tracked_study(
 
 def run_tracked_study(tiny_data: FashionData, tmp_path: Path) -> tuple[RunSettings, str]:
     """The study of this module, run through the same pieces as `fashion-hpo study`."""
-    settings = RunSettings(n_trials=3, epochs=EPOCHS, study_name="tracked", storage=f"sqlite:///{tmp_path}/o.db")
+    settings = RunSettings(
+        n_trials=3, epochs=EPOCHS, study_name="tracked", storage=f"sqlite:///{tmp_path}/o.db", baseline_trial=False
+    )
     study = open_study(settings)
     study.pruner = PruneTrialOne()
     for _ in range(3):

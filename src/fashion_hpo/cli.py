@@ -15,7 +15,16 @@ from typing import Any
 
 from fashion_hpo.constants import CHAMPION_ALIAS, DEFAULT_REGISTERED_MODEL_NAME, MODEL_KINDS, PROMOTE_CHOICES
 from fashion_hpo.predict import INVERT_CHOICES
-from fashion_hpo.settings import DEVICES, PRUNERS, SAMPLERS, RunSettings, UsageError, threads_per_worker, validate
+from fashion_hpo.settings import (
+    DEVICES,
+    PRUNERS,
+    REFIT_EPOCHS_FACTOR,
+    SAMPLERS,
+    RunSettings,
+    UsageError,
+    threads_per_worker,
+    validate,
+)
 
 DEFAULTS = RunSettings()
 
@@ -57,8 +66,12 @@ def flag_specs() -> dict[str, dict[str, Any]]:
             default=DEFAULTS.timeout,
             help="this worker stops starting trials after this many seconds; 0 = no limit (default: %(default)s)",
         ),
-        "--epochs": dict(
-            type=count(1), default=DEFAULTS.epochs, help="epochs per trial and refit (default: %(default)s)"
+        "--epochs": dict(type=count(1), default=DEFAULTS.epochs, help="epochs per trial (default: %(default)s)"),
+        "--refit-epochs": dict(
+            type=count(0),
+            default=DEFAULTS.refit_epochs,
+            help=f"epochs of the best configuration's refit on all 60,000 training images; 0 = {REFIT_EPOCHS_FACTOR} "
+            "x the epochs its trial trained (default: %(default)s)",
         ),
         "--model": dict(choices=MODEL_KINDS, default=DEFAULTS.model, help="architecture family (default: %(default)s)"),
         "--pruner": dict(choices=PRUNERS, default=DEFAULTS.pruner, help="Optuna pruner (default: %(default)s)"),
@@ -129,6 +142,7 @@ def flag_specs() -> dict[str, dict[str, Any]]:
 
 
 REGISTER_FLAGS = (
+    "--refit-epochs",
     "--study-name",
     "--model",
     "--storage",
@@ -185,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="search only; register later with `fashion-hpo register` (default: register)",
     )
     study.add_argument(
+        "--no-baseline-trial",
+        dest="baseline_trial",
+        action="store_false",
+        help="start a new study from the sampler's draws only (default: its first trial trains the search space's "
+        "baseline configuration, a known-good starting point)",
+    )
+    study.add_argument(
         "--no-progress-bar",
         dest="progress_bar",
         action="store_false",
@@ -206,7 +227,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
 def study_argv(settings: RunSettings) -> list[str]:
     """The `fashion-hpo study` flags that reproduce these settings (how --workers starts its workers)."""
     argv = [item for flag in flag_specs() for item in (flag, str(getattr(settings, flag[2:].replace("-", "_"))))]
-    return argv + ["--no-register"] * (not settings.register) + ["--no-progress-bar"] * (not settings.progress_bar)
+    switches = {"--no-register": settings.register, "--no-progress-bar": settings.progress_bar}
+    switches["--no-baseline-trial"] = settings.baseline_trial
+    return argv + [flag for flag, on in switches.items() if not on]
 
 
 # glibc's mallopt parameters (malloc.h).

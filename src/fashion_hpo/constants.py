@@ -39,3 +39,5 @@ EXCEPTION_TYPE = "exception_type"
 EXCEPTION_MESSAGE = "exception_message"
 # User attribute of a trial that an interrupt (Ctrl-C, SIGTERM) stopped: it does not count toward --n-trials.
 INTERRUPTED = "interrupted"
+# User attribute (and tag) of the trial that trained the search space's baseline configuration.
+BASELINE = "baseline"

@@ -20,7 +20,7 @@ from fashion_hpo.models import build_model
 from fashion_hpo.objective import make_objective, trial_seed
 from fashion_hpo.registry import ModelCard, find_version, log_model, promote, register
 from fashion_hpo.search_space import config_from_params
-from fashion_hpo.settings import RunSettings, redact_url
+from fashion_hpo.settings import REFIT_EPOCHS_FACTOR, RunSettings, redact_url
 from fashion_hpo.study import best_trial, budget_left, load_existing_study, open_study, run_search, trial_counts
 from fashion_hpo.tracking import (
     check_tracking_store,
@@ -44,10 +44,15 @@ class FinalModel:
     confusion: torch.Tensor
 
 
+def refit_epochs(best: FrozenTrial, settings: RunSettings) -> int:
+    """`--refit-epochs`, or by default REFIT_EPOCHS_FACTOR times the epochs the best trial trained."""
+    return settings.refit_epochs or REFIT_EPOCHS_FACTOR * max(best.intermediate_values, default=settings.epochs)
+
+
 def refit_and_test(data: FashionData, best: FrozenTrial, settings: RunSettings, device: torch.device) -> FinalModel:
     """Retrain the best trial's config on all 60,000 training images, then evaluate once on the test set."""
     config = config_from_params(best.params, best.user_attrs.get("model", settings.model))
-    epochs = max(best.intermediate_values, default=settings.epochs)
+    epochs = refit_epochs(best, settings)
     torch.manual_seed(trial_seed(settings.seed, best.number))
     model = build_model(config.model).to(device)
     fit(model, config, data.full_train, None, epochs, trial_seed(settings.seed, best.number))
@@ -78,6 +83,7 @@ def register_best(
         mlflow.set_tags({"registered_version": existing.version, "promotion": reason})
         return Registration(existing, ", ".join(existing.aliases) or "none", reason, None)
     splits = data()
+    mlflow.set_tag("refit_epochs", refit_epochs(best, settings))
     final = refit_and_test(splits, best, settings, device)
     log_test_results(final.test, final.confusion)
     card = replace(card, test_accuracy=final.test.accuracy)

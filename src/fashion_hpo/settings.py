@@ -20,6 +20,8 @@ PRUNERS = ("median", "hyperband", "successive-halving", "none")
 SAMPLERS = ("tpe", "random", "qmc")
 DEVICES = ("auto", "cpu", "cuda")
 STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
+# Trials train short so that more configurations fit the budget; the one refit can afford a longer schedule.
+REFIT_EPOCHS_FACTOR = 2
 
 
 class UsageError(ValueError):
@@ -38,6 +40,7 @@ class RunSettings:
     n_trials: int = 100
     timeout: int = 600
     epochs: int = 10
+    refit_epochs: int = 0
     model: str = "mlp"
     pruner: str = "median"
     sampler: str = "tpe"
@@ -57,6 +60,7 @@ class RunSettings:
     run_name: str = ""
     parent_run_id: str = ""
     progress_bar: bool = True
+    baseline_trial: bool = True
 
     def __post_init__(self) -> None:
         if not self.study_name:

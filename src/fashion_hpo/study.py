@@ -12,8 +12,9 @@ import sqlalchemy.exc
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.constants import DIRECTION, OPTIMIZED_METRIC
+from fashion_hpo.constants import BASELINE, DIRECTION, OPTIMIZED_METRIC
 from fashion_hpo.objective import trial_seed
+from fashion_hpo.search_space import BASELINE_PARAMS
 from fashion_hpo.settings import RunSettings, UsageError, redact_url
 from fashion_hpo.storage import BudgetedStorage, StaleTrialCallback, StudyFull, budget_used, engine_url
 
@@ -116,7 +117,15 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
         raise storage_error(err, settings.storage) from None
     check_compatible(study, settings)
+    if settings.baseline_trial:
+        enqueue_baseline(study, settings.model)
     return study
+
+
+def enqueue_baseline(study: optuna.Study, kind: str) -> None:
+    """A new study's first trial trains the search space's baseline configuration (tagged `baseline`)."""
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(BASELINE_PARAMS[kind], user_attrs={BASELINE: True}, skip_if_exists=True)
 
 
 def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
