@@ -25,7 +25,9 @@ HERE = Path(__file__).resolve().parent
 def parse_args() -> argparse.Namespace:
     """--quick, --model, --timeout, --data-dir, --output."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch, refit 1 epoch)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch, refit 1 epoch)"
+    )
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="search space (default: mlp)")
     parser.add_argument("--timeout", type=int, default=600, help="the study's budget in seconds (default: 600)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
