@@ -122,3 +122,13 @@ def test_cnn_speedups_quick_run_prices_each_variant_as_a_trial(real_data_dir: Pa
             continue
         assert row["trial_s"] > row["one_time_s"] >= 0 and row["vs_ours"] > 0
     assert set(report["eval_batch_s"]) == {"512", "4096", "10000"}
+
+
+def test_refit_epochs_quick_run_compares_one_and_two_schedules(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "refit.json"
+    result = run_quick("refit_epochs.py", real_data_dir, output)
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["mlp", "cnn"]
+    for row in rows.values():
+        assert len(row["curve_2x"]) == 2 and row["gain"] == row["val_2x"] - row["val"]
+    assert "2 epochs" in result.stdout

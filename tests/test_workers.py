@@ -9,6 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from fashion_hpo import workers
 from fashion_hpo.pipeline import run_study
@@ -29,6 +31,37 @@ def test_a_failed_worker_fails_the_command_and_its_run(
     assert "worker 2 exited with code 3" in capsys.readouterr().err
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED" and run.data.params["workers"] == "2"
+
+
+def test_a_killed_worker_leaves_no_run_running(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Worker 2 dies by SIGKILL with its own run and a trial's run open; worker 1 ended its run itself."""
+
+    def start_then_die(settings: RunSettings, parent_run_id: str) -> list[subprocess.Popen]:
+        client = MlflowClient()
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        nested = {MLFLOW_PARENT_RUN_ID: parent_run_id}
+        done = client.create_run(experiment_id, run_name="crew-worker-1", tags=nested)
+        client.set_terminated(done.info.run_id, status="FINISHED")
+        dead = client.create_run(experiment_id, run_name="crew-worker-2", tags=nested)
+        client.create_run(experiment_id, run_name="trial-0003", tags={MLFLOW_PARENT_RUN_ID: dead.info.run_id})
+        killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+        return [*exiting_workers(0), subprocess.Popen([sys.executable, "-c", killed])]
+
+    monkeypatch.setattr(workers, "start_workers", start_then_die)
+    settings = RunSettings(workers=2, study_name="crew", storage=f"sqlite:///{tmp_path}/o.db", data_dir=tmp_path)
+    assert run_study(settings, torch.device("cpu")) == 1
+    assert "worker 2 was killed by SIGKILL" in capsys.readouterr().err
+    runs = {run.info.run_name: run for run in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    assert {name: run.info.status for name, run in runs.items()} == {
+        "crew": "FAILED",
+        "crew-worker-1": "FINISHED",
+        "crew-worker-2": "FAILED",
+        "trial-0003": "FAILED",
+    }
+    assert runs["trial-0003"].data.tags["worker_failed"] == "worker 2 was killed by SIGKILL"
+    assert "worker_failed" not in runs["crew-worker-1"].data.tags
 
 
 def test_worker_settings_split_the_cores_and_nest_under_the_command() -> None:

@@ -140,6 +140,25 @@ def end_stale_runs(trial: FrozenTrial) -> None:
             client.set_terminated(stale_id, status="FAILED")
 
 
+def end_dead_worker_runs(parent_run_id: str, run_name: str, reason: str) -> None:
+    """End the run named `run_name` under `parent_run_id` and its trial runs, where left RUNNING, as FAILED.
+
+    For a worker process that died (killed between or during trials): nothing else would end its runs."""
+    client = MlflowClient()
+    experiment = [client.get_run(parent_run_id).info.experiment_id]
+    worker_runs = client.search_runs(
+        experiment, f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}'"
+    )
+    for worker in worker_runs:
+        trials = client.search_runs(
+            experiment, f"tags.mlflow.parentRunId = '{worker.info.run_id}' and attributes.status = 'RUNNING'"
+        )
+        for run in [*trials, worker]:
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "worker_failed", reason)
+                client.set_terminated(run.info.run_id, status="FAILED")
+
+
 def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
     """Log one epoch's metrics to the active (child) run in one call, step = epoch.
 

@@ -12,6 +12,7 @@ import mlflow
 
 from fashion_hpo.cli import Terminated, study_argv
 from fashion_hpo.settings import RunSettings, threads_per_worker
+from fashion_hpo.tracking import end_dead_worker_runs
 
 
 class WorkersFailed(RuntimeError):
@@ -72,9 +73,20 @@ def wait_for(workers: list[subprocess.Popen]) -> list[int]:
         raise
 
 
+def exit_reason(index: int, code: int) -> str:
+    """How worker `index` ended, for a message: its exit code, or the signal that killed it."""
+    if code < 0:
+        return f"worker {index} was killed by {signal.Signals(-code).name}"
+    return f"worker {index} exited with code {code}"
+
+
 def search_in_workers(settings: RunSettings, parent_run_id: str) -> None:
-    """Run the search in `--workers` processes and wait for all; raise WorkersFailed naming those that failed."""
+    """Run the search in `--workers` processes and wait for all; raise WorkersFailed naming those that failed.
+
+    A worker that was killed could not end its runs: they are ended FAILED here, so none is left RUNNING."""
     codes = wait_for(start_workers(settings, parent_run_id))
-    failed = [f"worker {k} exited with code {code}" for k, code in enumerate(codes, 1) if code != 0]
+    failed = [(k, exit_reason(k, code)) for k, code in enumerate(codes, 1) if code != 0]
+    for k, reason in failed:
+        end_dead_worker_runs(parent_run_id, worker_settings(settings, parent_run_id, k).run_name, reason)
     if failed:
-        raise WorkersFailed(", ".join(failed))
+        raise WorkersFailed(", ".join(reason for _, reason in failed))
