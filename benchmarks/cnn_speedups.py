@@ -16,6 +16,7 @@ import torch
 from benchmark_args import device_label, parse_args, timed
 from torch import nn
 
+from fashion_hpo.cli import keep_freed_memory
 from fashion_hpo.data import Split, load_data
 from fashion_hpo.models import CNNConfig, build_model
 from fashion_hpo.search_space import TrialConfig
@@ -84,6 +85,7 @@ def eval_seconds(val: Split, batch_sizes: tuple[int, ...]) -> dict[str, float]:
 
 def main() -> None:
     args = parse_args(__doc__, __file__, "1,024 samples", device=True)
+    keep_freed_memory()  # as `fashion-hpo study` does: without it, conv activations are re-mapped every batch
     samples = 1024 if args.quick else 10_000
     data = load_data(args.data_dir, seed=0, device=args.device)
     train, val = data.train.head(samples), data.val.head(samples)

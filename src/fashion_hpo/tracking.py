@@ -105,9 +105,8 @@ def tracked_objective(
         retried = trial.storage.get_trial_system_attrs(trial._trial_id).get(RETRIED_TRIAL_KEY)
         if retried is not None:  # a retry of a trial whose worker died: the UI links the two
             tags["retry_of_trial"] = str(retried)
-        # Written while the trial trains, like its epochs (see log_epoch).
-        mlflow.set_tags(tags, synchronous=False)
-        mlflow.log_param("model", settings.model, synchronous=False)
+        mlflow.set_tags(tags)
+        mlflow.log_param("model", settings.model)
         try:
             return objective(trial)
         except optuna.TrialPruned:
@@ -162,15 +161,15 @@ def end_dead_worker_runs(parent_run_id: str, run_name: str, reason: str) -> None
 def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
     """Log one epoch's metrics to the active (child) run in one call, step = epoch.
 
-    Asynchronously: the store's write (tens of ms on SQLite) overlaps the next epoch instead of delaying it; ending
-    the run (`set_terminated`) waits for the queued writes, so a finished run always holds all its epochs."""
+    Synchronously: MLflow's asynchronous logging starts and drains a thread pool per run, which cost more per trial
+    than it saved (benchmarks/tracking_overhead.py: 1.2 s per trial with it)."""
     metrics = {
         TRAIN_LOSS: result.train_loss,
         VAL_ACCURACY: result.val.accuracy,
         VAL_LOSS: result.val.loss,
         EPOCH_SECONDS: result.seconds,
     }
-    mlflow.log_metrics(metrics, step=result.epoch, synchronous=False)
+    mlflow.log_metrics(metrics, step=result.epoch)
 
 
 # A reachable server answers at once; an unreachable one should fail in seconds, not after MLflow's

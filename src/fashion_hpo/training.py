@@ -100,6 +100,9 @@ def fit(
 ) -> list[EpochResult]:
     """Train for `epochs` epochs, evaluating on `val` after each; `on_epoch` may stop early by raising."""
     generator = torch.Generator().manual_seed(seed)
+    # Conv weights channels-last make convolutions run NHWC: a CNN trial 1.33x faster on this CPU (measured by
+    # benchmarks/cnn_speedups.py); a no-op for MLPs, which have no 4-D weights.
+    model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     # Cosine decay to zero over the run: the last epoch, which is the trial's value, is the settled one.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
