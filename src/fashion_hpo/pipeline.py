@@ -49,10 +49,11 @@ def refit_epochs(best: FrozenTrial, settings: RunSettings) -> int:
     return settings.refit_epochs or REFIT_EPOCHS_FACTOR * max(best.intermediate_values, default=settings.epochs)
 
 
-def refit_and_test(data: FashionData, best: FrozenTrial, settings: RunSettings, device: torch.device) -> FinalModel:
-    """Retrain the best trial's config on all 60,000 training images, then evaluate once on the test set."""
+def refit_and_test(
+    data: FashionData, best: FrozenTrial, settings: RunSettings, device: torch.device, epochs: int
+) -> FinalModel:
+    """Retrain the best trial's config on all 60,000 training images for `epochs`, then test it once."""
     config = config_from_params(best.params, best.user_attrs.get("model", settings.model))
-    epochs = refit_epochs(best, settings)
     torch.manual_seed(trial_seed(settings.seed, best.number))
     model = build_model(config.model).to(device)
     fit(model, config, data.full_train, None, epochs, trial_seed(settings.seed, best.number))
@@ -83,8 +84,9 @@ def register_best(
         mlflow.set_tags({"registered_version": existing.version, "promotion": reason})
         return Registration(existing, ", ".join(existing.aliases) or "none", reason, None)
     splits = data()
-    mlflow.set_tag("refit_epochs", refit_epochs(best, settings))
-    final = refit_and_test(splits, best, settings, device)
+    epochs = refit_epochs(best, settings)
+    mlflow.set_tag("refit_epochs", epochs)
+    final = refit_and_test(splits, best, settings, device, epochs)
     log_test_results(final.test, final.confusion)
     card = replace(card, test_accuracy=final.test.accuracy)
     info = log_model(final.model, splits.test.images[:4].cpu().numpy(), card)

@@ -133,10 +133,15 @@ def end_stale_runs(trial: FrozenTrial) -> None:
         return  # killed before its run was created
     worker_run_id = client.get_run(run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
     reason = f"trial {trial.number} stopped sending heartbeats (worker killed or hung); reclaimed and retried"
-    for stale_id in filter(None, (run_id, worker_run_id)):
-        if client.get_run(stale_id).info.status == "RUNNING":
-            client.set_tag(stale_id, "reclaimed", reason)
-            client.set_terminated(stale_id, status="FAILED")
+    fail_running(client, [client.get_run(i) for i in filter(None, (run_id, worker_run_id))], "reclaimed", reason)
+
+
+def fail_running(client: MlflowClient, runs: list[mlflow.entities.Run], tag: str, reason: str) -> None:
+    """End those of `runs` still RUNNING as FAILED, with tag `tag` saying why."""
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, tag, reason)
+            client.set_terminated(run.info.run_id, status="FAILED")
 
 
 def end_dead_worker_runs(parent_run_id: str, run_name: str, reason: str) -> None:
@@ -152,10 +157,7 @@ def end_dead_worker_runs(parent_run_id: str, run_name: str, reason: str) -> None
         trials = client.search_runs(
             experiment, f"tags.mlflow.parentRunId = '{worker.info.run_id}' and attributes.status = 'RUNNING'"
         )
-        for run in [*trials, worker]:
-            if run.info.status == "RUNNING":
-                client.set_tag(run.info.run_id, "worker_failed", reason)
-                client.set_terminated(run.info.run_id, status="FAILED")
+        fail_running(client, [*trials, worker], "worker_failed", reason)
 
 
 def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
