@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
+import hashlib
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
 import torch
+from torchvision.datasets import FashionMNIST
 
+from fashion_hpo import data
 from fashion_hpo.data import (
     DEBIAN_DATASET_DIR,
+    LOCK_NAME,
     RAW_FILES,
+    STAMP_NAME,
     DataError,
     FashionData,
     batches,
+    check_raw_files,
     ensure_raw_files,
+    file_sha256,
     load_data,
     raw_dir,
 )
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(real_data_dir: Path) -> Path:
     """A data folder filled from the Debian package (which CI installs)."""
-    folder = tmp_path_factory.mktemp("data")
-    ensure_raw_files(folder, download=False)
-    return folder
+    return real_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +88,174 @@ def test_missing_data_names_both_remedies(tmp_path: Path) -> None:
     assert "download" in str(err.value)
 
 
+def write_idx_archives(folder: Path, n_train: int = 40, n_test: int = 20, seed: int = 0) -> Path:
+    """Four tiny `.gz` IDX archives laid out like Debian's package: random pixels and labels, valid headers."""
+    generator = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        pixels = torch.randint(0, 256, (n * 28 * 28,), dtype=torch.uint8, generator=generator).numpy().tobytes()
+        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=generator).numpy().tobytes()
+        images = (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + pixels
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images, compresslevel=1))
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress((2049).to_bytes(4, "big") + n.to_bytes(4, "big") + labels)
+        )
+    return folder
+
+
+@pytest.fixture
+def archives(tmp_path: Path) -> Path:
+    """A source folder of tiny synthetic archives."""
+    return write_idx_archives(tmp_path / "source")
+
+
+def prepared(data_dir: Path, source: Path) -> Path:
+    """`data_dir` filled from `source` and checked, as a study's start does; its raw folder."""
+    ensure_raw_files(data_dir, source_dir=source, download=False)
+    check_raw_files(data_dir)
+    return raw_dir(data_dir)
+
+
+def damage_middle(path: Path) -> None:
+    """Overwrite bytes in the middle of a file in place, keeping its size (and so its IDX structure)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as file:
+        file.seek(size // 2)
+        original = file.read(8)
+        file.seek(size // 2)
+        file.write(bytes(b ^ 0xFF for b in original))
+    assert path.stat().st_size == size
+
+
+def prepare_after_barrier(barrier: Barrier, data_dir: Path, source: Path) -> None:
+    """One of several processes starting at the same instant on the same empty data folder."""
+    barrier.wait(timeout=30)
+    prepared(data_dir, source)
+
+
+def test_processes_started_together_on_an_empty_folder_all_succeed_with_identical_files(
+    tmp_path: Path,
+) -> None:
+    source = write_idx_archives(tmp_path / "source", n_train=2000, n_test=500)
+    context = multiprocessing.get_context("fork")  # no re-import of torch per process
+    barrier = context.Barrier(5)
+    shared = tmp_path / "shared"
+    workers = [context.Process(target=prepare_after_barrier, args=(barrier, shared, source)) for _ in range(5)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 5
+    alone = prepared(tmp_path / "alone", source)
+    for name in RAW_FILES:
+        assert (raw_dir(shared) / name).read_bytes() == (alone / name).read_bytes(), name
+    assert sorted(path.name for path in raw_dir(shared).iterdir()) == sorted([*RAW_FILES, STAMP_NAME, LOCK_NAME])
+
+
+def test_file_damaged_in_its_middle_is_named_with_its_remedy(archives: Path, tmp_path: Path) -> None:
+    folder = prepared(tmp_path / "data", archives)
+    damage_middle(folder / "train-images-idx3-ubyte")
+    with pytest.raises(DataError) as err:
+        check_raw_files(tmp_path / "data")
+    message = str(err.value)
+    assert "\n" not in message and "train-images-idx3-ubyte" in message
+    assert "SHA-256" in message and "delete it and rerun" in message
+
+
+def test_stamp_spares_hashing_until_a_file_changes(
+    archives: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = prepared(tmp_path / "data", archives)
+    hashed: list[str] = []
+    monkeypatch.setattr(data, "file_sha256", lambda path: hashed.append(path.name) or file_sha256(path))
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for name in RAW_FILES:  # files older than the stamp, whatever the file system's clock granularity
+        os.utime(folder / name, ns=(an_hour_ago, an_hour_ago))
+    check_raw_files(tmp_path / "data")
+    assert sorted(hashed) == sorted(RAW_FILES), "modification times changed: every file is hashed again"
+    hashed.clear()
+    check_raw_files(tmp_path / "data")
+    assert hashed == [], "the stamp vouches for unchanged files"
+    os.utime(folder / "t10k-labels-idx1-ubyte", ns=(an_hour_ago + 10**9, an_hour_ago + 10**9))
+    check_raw_files(tmp_path / "data")
+    assert hashed == ["t10k-labels-idx1-ubyte"], "only the touched file is hashed, and it passes"
+    damage_middle(folder / "t10k-images-idx3-ubyte")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        check_raw_files(tmp_path / "data")
+
+
+def test_files_copied_in_without_a_stamp_are_recorded_then_guarded(archives: Path, tmp_path: Path) -> None:
+    folder = prepared(tmp_path / "original", archives)
+    copied = raw_dir(tmp_path / "copied")
+    copied.mkdir(parents=True)
+    for name in RAW_FILES:
+        shutil.copyfile(folder / name, copied / name)
+    check_raw_files(tmp_path / "copied")
+    recorded = data.read_stamp(copied).files
+    assert {name: stamp.sha256 for name, stamp in recorded.items()} == {
+        name: file_sha256(folder / name) for name in RAW_FILES
+    }, "the first check records their digests"
+    damage_middle(copied / "train-labels-idx1-ubyte")
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.*SHA-256"):
+        check_raw_files(tmp_path / "copied")
+
+
+def test_damaged_archive_is_named_and_leaves_no_file(archives: Path, tmp_path: Path) -> None:
+    archive = archives / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:-100])
+    with pytest.raises(DataError) as err:
+        ensure_raw_files(tmp_path / "data", source_dir=archives, download=False)
+    assert str(archive) in str(err.value) and "--reinstall dataset-fashion-mnist" in str(err.value)
+    assert not (raw_dir(tmp_path / "data") / "train-images-idx3-ubyte").exists()
+    assert not list(raw_dir(tmp_path / "data").glob("*.tmp")), "no temporary file left behind"
+
+
+@pytest.fixture
+def archive_server(archives: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """torchvision's FashionMNIST download pointed at the synthetic archives, served on the loopback."""
+    handler = functools.partial(QuietHandler, directory=str(archives))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        monkeypatch.setattr(FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
+        resources = [
+            (f"{name}.gz", hashlib.md5((archives / f"{name}.gz").read_bytes()).hexdigest()) for name in RAW_FILES
+        ]
+        monkeypatch.setattr(FashionMNIST, "resources", resources)
+        yield archives
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log on the test's stderr."""
+
+
+def test_download_fallback_installs_complete_recorded_files(archive_server: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    ensure_raw_files(data_dir, source_dir=tmp_path / "no-debian-package", download=True)
+    folder = raw_dir(data_dir)
+    assert sorted(path.name for path in folder.iterdir()) == sorted([*RAW_FILES, STAMP_NAME, LOCK_NAME])
+    assert [path.name for path in data_dir.iterdir()] == ["FashionMNIST"], "the download folder is removed"
+    for name in RAW_FILES:
+        assert (folder / name).read_bytes() == gzip.decompress((archive_server / f"{name}.gz").read_bytes())
+    damage_middle(folder / "train-images-idx3-ubyte")
+    with pytest.raises(DataError, match="SHA-256"):
+        check_raw_files(data_dir)
+
+
 @pytest.mark.parametrize(
     ("damage", "problem"),
-    [(lambda b: b"garbage", "magic number"), (lambda b: b[:100_000], "truncated")],
+    [(lambda b: b"garbage", "magic number"), (lambda b: b[:1000], "truncated")],
 )
-def test_corrupt_idx_file_is_named_with_its_remedy(data_dir: Path, tmp_path: Path, damage, problem: str) -> None:
-    broken = raw_dir(tmp_path)
+def test_corrupt_idx_file_is_named_with_its_remedy(archives: Path, tmp_path: Path, damage, problem: str) -> None:
+    broken = raw_dir(tmp_path / "data")
     broken.mkdir(parents=True)
     for name in RAW_FILES:
-        content = (raw_dir(data_dir) / name).read_bytes()
+        content = gzip.decompress((archives / f"{name}.gz").read_bytes())
         (broken / name).write_bytes(damage(content) if name == "train-images-idx3-ubyte" else content)
     with pytest.raises(DataError) as err:
-        load_data(tmp_path, seed=0)
+        load_data(tmp_path / "data", seed=0)
     message = str(err.value)
     assert "train-images-idx3-ubyte" in message and problem in message and "delete it" in message

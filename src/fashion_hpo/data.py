@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import os
+import secrets
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from torchvision.datasets import FashionMNIST
 
 DEBIAN_DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -19,6 +26,12 @@ RAW_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 TRAIN_SIZE, VAL_SIZE = 50_000, 10_000
+# Beside the raw files: the SHA-256 of each as prepared, and the lock under which one process prepares them.
+STAMP_NAME = ".fashion-hpo-sha256.json"
+LOCK_NAME = ".fashion-hpo.lock"
+LOCK_TIMEOUT_S = 900.0  # a slow first download; a holder that dies releases the lock at once
+CHUNK_SIZE = 1 << 20
+REINSTALL = "`apt-get install --reinstall dataset-fashion-mnist`"
 
 
 class DataError(RuntimeError):
@@ -68,35 +81,177 @@ def has_raw_files(data_dir: Path) -> bool:
     return all((raw_dir(data_dir) / name).is_file() for name in RAW_FILES)
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """What a raw file was when its content was last hashed: its SHA-256, size and modification time."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """The stamp file's records, and when the stamp was written (0 when there is none)."""
+
+    files: dict[str, FileStamp]
+    written_ns: int
+
+
+def read_chunks(path: Path) -> Iterator[bytes]:
+    """A file's content in chunks."""
+    with open(path, "rb") as file:
+        yield from iter(lambda: file.read(CHUNK_SIZE), b"")
+
+
+def gunzip_chunks(source: Path) -> Iterator[bytes]:
+    """A `.gz` archive's decompressed content in chunks; a damaged archive is a DataError naming it."""
+    try:
+        with gzip.open(source, "rb") as file:
+            yield from iter(lambda: file.read(CHUNK_SIZE), b"")
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{source} is unusable ({err}): reinstall it with {REINSTALL}") from err
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's content, in hex."""
+    digest = hashlib.sha256()
+    for chunk in read_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, chunks: Iterable[bytes]) -> str:
+    """Write `chunks` to `path` through a process-unique temporary name, fsync, rename; return their SHA-256.
+
+    Concurrent writers never share a temporary file, and readers see either no file or a complete one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    digest = hashlib.sha256()
+    try:
+        with open(temporary, "wb") as file:
+            for chunk in chunks:
+                digest.update(chunk)
+                file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return digest.hexdigest()
+
+
+def read_stamp(folder: Path) -> Stamp:
+    """The stamp of a raw folder; an absent or unreadable stamp records nothing (its files are hashed anew)."""
+    path = folder / STAMP_NAME
+    try:
+        records = json.loads(path.read_text())
+        files = {name: FileStamp(**records[name]) for name in RAW_FILES if name in records}
+        return Stamp(files, path.stat().st_mtime_ns)
+    except (OSError, ValueError, TypeError, KeyError):
+        return Stamp({}, 0)
+
+
+def write_stamp(folder: Path, files: dict[str, FileStamp]) -> None:
+    """Replace the stamp atomically: readers see the old stamp or the new one, never half of one."""
+    content = json.dumps({name: asdict(stamp) for name, stamp in files.items()}, indent=1).encode()
+    write_atomically(folder / STAMP_NAME, [content])
+
+
+def stamp_of(path: Path, sha256: str) -> FileStamp:
+    """The record of a file whose content hashes to `sha256`."""
+    status = path.stat()
+    return FileStamp(sha256, status.st_size, status.st_mtime_ns)
+
+
+def unhashed(folder: Path, stamp: Stamp) -> list[str]:
+    """The raw files whose content must be hashed: unrecorded, changed since hashed, or changed in the same clock
+    tick as the stamp was written (its mtime not older than the stamp's: a change then would leave the mtime)."""
+    stale = []
+    for name in RAW_FILES:
+        status, known = (folder / name).stat(), stamp.files.get(name)
+        if (
+            known is None
+            or (status.st_size, status.st_mtime_ns) != (known.size, known.mtime_ns)
+            or status.st_mtime_ns >= stamp.written_ns
+        ):
+            stale.append(name)
+    return stale
+
+
+@contextmanager
+def preparation_lock(folder: Path) -> Iterator[None]:
+    """Hold the raw folder's lock: one process at a time writes its files or its stamp, the others wait.
+
+    A read-only folder takes no lock: nothing will be written there."""
+    if not os.access(folder, os.W_OK):
+        yield
+        return
+    lock = FileLock(str(folder / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DataError(
+            f"another process has held {lock.lock_file} for {LOCK_TIMEOUT_S:.0f} s while preparing the data; "
+            "wait for it to finish or stop it, then rerun"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def install_files(folder: Path, chunks_of: Callable[[str], Iterable[bytes]]) -> None:
+    """Write each missing raw file from `chunks_of(name)`, hashing while writing, and record it in the stamp."""
+    files = read_stamp(folder).files
+    for name in RAW_FILES:
+        if not (folder / name).is_file():
+            files[name] = stamp_of(folder / name, write_atomically(folder / name, chunks_of(name)))
+    write_stamp(folder, files)
+
+
 def install_from_archives(data_dir: Path, source_dir: Path = DEBIAN_DATASET_DIR) -> bool:
-    """Decompress the four `.gz` IDX files of `source_dir` into the raw folder; False if any is missing."""
-    sources = [source_dir / f"{name}.gz" for name in RAW_FILES]
-    if not all(path.is_file() for path in sources):
+    """Decompress the missing IDX files from the `.gz` archives of `source_dir`; False if any archive is missing.
+
+    The caller holds `preparation_lock` on the raw folder."""
+    if not all((source_dir / f"{name}.gz").is_file() for name in RAW_FILES):
         return False
-    target = raw_dir(data_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    for source, name in zip(sources, RAW_FILES, strict=True):
-        partial = target / f"{name}.partial"
-        # Write then rename, so an interrupted copy never looks like a complete file.
-        with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        partial.replace(target / name)
+    install_files(raw_dir(data_dir), lambda name: gunzip_chunks(source_dir / f"{name}.gz"))
     return True
 
 
+def download_with_torchvision(data_dir: Path) -> bool:
+    """Download with torchvision (which checks each archive's MD5) into a private folder, then install the files
+    from there; False when the download fails. The caller holds `preparation_lock` on the raw folder."""
+    scratch = Path(data_dir) / f".download-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        FashionMNIST(str(scratch), train=True, download=True)
+        install_files(raw_dir(data_dir), lambda name: read_chunks(raw_dir(scratch) / name))
+        return True
+    except Exception:  # no network, a mirror down, an MD5 mismatch: the caller names the remedies
+        return False
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def ensure_raw_files(data_dir: Path, source_dir: Path = DEBIAN_DATASET_DIR, download: bool = True) -> None:
-    """Make the raw files available: already there, else from Debian's package, else torchvision's download."""
-    if has_raw_files(data_dir) or install_from_archives(data_dir, source_dir):
+    """Make the raw files available: already there, else from Debian's package, else torchvision's download.
+
+    Safe when several processes (or machines sharing the folder) start at once: under the raw folder's lock one
+    prepares the files and the others, waiting, find them there."""
+    if has_raw_files(data_dir):
         return
-    if download:
-        try:
-            FashionMNIST(str(data_dir), train=True, download=True)
-            FashionMNIST(str(data_dir), train=False, download=True)
-            return
-        except Exception:
-            pass
+    target = raw_dir(data_dir)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with preparation_lock(target):
+            if has_raw_files(data_dir) or install_from_archives(data_dir, source_dir):
+                return
+            if download and download_with_torchvision(data_dir):
+                return
+    except OSError as err:
+        raise DataError(f"cannot write FashionMNIST into {target} ({err}); choose a writable --data-dir") from err
     raise DataError(
-        f"FashionMNIST not found in {raw_dir(data_dir)}: install it with "
+        f"FashionMNIST not found in {target}: install it with "
         f"`apt-get install dataset-fashion-mnist` (files in {source_dir}) or allow torchvision to download it"
     )
 
@@ -116,16 +271,44 @@ def idx_problem(path: Path) -> str | None:
     return None if actual == expected else f"truncated or padded: {actual} bytes, expected {expected}"
 
 
+def unusable(path: Path, problem: str) -> DataError:
+    """The one-line error for a damaged raw file: its name, what is wrong, and the remedy."""
+    return DataError(
+        f"{path} is unusable ({problem}): delete it and rerun to restore it from {DEBIAN_DATASET_DIR} "
+        f"({REINSTALL} if that copy is damaged too)"
+    )
+
+
+def verify_contents(folder: Path) -> None:
+    """Hash the files the stamp cannot vouch for; a digest unlike the recorded one is a damaged file.
+
+    A file with no record (copied in by hand, or left by an older version) has passed the IDX structure check and
+    has nothing to be compared with: its digest is recorded, so that any later change to it is caught. Files this
+    module writes are recorded as they are written (torchvision's download has checked its archives' MD5s)."""
+    stamp = read_stamp(folder)  # read again under the lock: another process may have just hashed them
+    files = dict(stamp.files)
+    for name in unhashed(folder, stamp):
+        digest, known = file_sha256(folder / name), stamp.files.get(name)
+        if known is not None and digest != known.sha256:
+            raise unusable(folder / name, "content differs from when it was prepared: SHA-256 mismatch")
+        files[name] = stamp_of(folder / name, digest)
+    if files != stamp.files and os.access(folder, os.W_OK):
+        write_stamp(folder, files)
+
+
 def check_raw_files(data_dir: Path) -> None:
-    """Fail with the file's name and the remedy when a raw IDX file is corrupt."""
+    """Fail with the file's name and the remedy when a raw IDX file is corrupt, whatever the damage.
+
+    The IDX structure (magic number, size) is checked on every load; the content by SHA-256 only for files changed
+    since the stamp recorded them, so a load whose files match the stamp reads nothing but their headers."""
+    folder = raw_dir(data_dir)
     for name in RAW_FILES:
-        path = raw_dir(data_dir) / name
-        problem = idx_problem(path)
+        problem = idx_problem(folder / name)
         if problem is not None:
-            raise DataError(
-                f"{path} is unusable ({problem}): delete it and rerun to restore it from {DEBIAN_DATASET_DIR} "
-                "(`apt-get install --reinstall dataset-fashion-mnist` if that copy is damaged too)"
-            )
+            raise unusable(folder / name, problem)
+    if unhashed(folder, read_stamp(folder)):
+        with preparation_lock(folder):
+            verify_contents(folder)
 
 
 def _read(data_dir: Path, train: bool) -> Split:
