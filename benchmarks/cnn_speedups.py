@@ -16,10 +16,9 @@ import torch
 from benchmark_args import device_label, parse_args, timed
 from torch import nn
 
-from fashion_hpo.cli import keep_freed_memory
 from fashion_hpo.data import Split, load_data
-from fashion_hpo.models import CNNConfig, build_model
-from fashion_hpo.search_space import TrialConfig
+from fashion_hpo.models import CNNConfig, TrialConfig, build_model
+from fashion_hpo.process import keep_freed_memory
 from fashion_hpo.training import evaluate, make_optimizer, train_epoch
 
 CONFIG = TrialConfig(CNNConfig((32, 64), 3, True, 0.25, 128), "Adam", 1e-3, 128, 0.0, 0.0)

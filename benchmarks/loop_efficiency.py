@@ -15,8 +15,7 @@ from benchmark_args import device_label, parse_args, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from fashion_hpo.data import Split, load_data
-from fashion_hpo.models import CNNConfig, MLPConfig, build_model
-from fashion_hpo.search_space import TrialConfig
+from fashion_hpo.models import CNNConfig, MLPConfig, TrialConfig, build_model
 from fashion_hpo.training import make_optimizer, train_epoch
 
 CONFIGS = {

@@ -19,8 +19,8 @@ from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 from fashion_hpo.data import FashionData, ensure_raw_files, load_data
-from fashion_hpo.models import build_model
-from fashion_hpo.search_space import TrialConfig, suggest_config
+from fashion_hpo.models import TrialConfig, build_model
+from fashion_hpo.search_space import suggest_config
 from fashion_hpo.training import evaluate, fit, make_optimizer
 
 CONFIGS = [  # the same trials both ways: small, medium and large MLPs from the search space

@@ -12,7 +12,6 @@ import tempfile
 import time
 
 import optuna
-import torch
 from benchmark_args import parse_args
 
 from fashion_hpo.data import FashionData, load_data
@@ -32,7 +31,7 @@ def run_pruner(data: FashionData, pruner: str, size: tuple[int, int, int]) -> di
             study_name="pruning", storage=f"sqlite:///{folder}/optuna.db",
         )  # fmt: skip
         study = open_study(settings)
-        objective = make_objective(data, "mlp", epochs, settings.seed, torch.device("cpu"), samples)
+        objective = make_objective(data, "mlp", epochs, settings.seed, samples)
         start = time.monotonic()
         run_search(study, objective, settings, show_progress_bar=False)
         wall = time.monotonic() - start

@@ -19,8 +19,9 @@ from benchmark_args import device_label, parse_args, timed
 
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.objective import make_objective
+from fashion_hpo.runs import parent_run
 from fashion_hpo.settings import RunSettings
-from fashion_hpo.tracking import log_epoch, parent_run, tracked_objective
+from fashion_hpo.tracking import log_epoch, tracked_objective
 
 
 def trial_seconds(data: FashionData, settings: RunSettings, tracked: bool, device: torch.device) -> float:
@@ -30,7 +31,7 @@ def trial_seconds(data: FashionData, settings: RunSettings, tracked: bool, devic
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed), pruner=optuna.pruners.NopPruner()
     )
     report = log_epoch if tracked else None
-    objective = make_objective(data, "mlp", settings.epochs, settings.seed, device, settings.max_train_samples, report)
+    objective = make_objective(data, "mlp", settings.epochs, settings.seed, settings.max_train_samples, report)
     if not tracked:
         return timed(partial(study.optimize, objective, n_trials=settings.n_trials), device)
     with parent_run(settings):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_hpo.cli import build_parser, main, settings_from_args
+from fashion_hpo.cli import build_parser, main
+from fashion_hpo.flags import settings_from_args
 from fashion_hpo.settings import RunSettings, redact_url
 from tests.conftest import REPO
 

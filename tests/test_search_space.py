@@ -8,8 +8,8 @@ import warnings
 import optuna
 import pytest
 
-from fashion_hpo.models import CNNConfig, MLPConfig
-from fashion_hpo.search_space import BASELINE_PARAMS, TrialConfig, config_from_params, suggest_config
+from fashion_hpo.models import CNNConfig, MLPConfig, TrialConfig
+from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params, suggest_config
 
 MLP_PARAMS = {
     "n_layers": 2,

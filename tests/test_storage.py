@@ -9,8 +9,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from fashion_hpo.cli import build_parser, settings_from_args, study_argv
+from fashion_hpo.cli import build_parser
 from fashion_hpo.constants import BASELINE, INTERRUPTED
+from fashion_hpo.flags import settings_from_args, study_argv
 from fashion_hpo.search_space import BASELINE_PARAMS, suggest_config
 from fashion_hpo.settings import RunSettings, UsageError, check_scale_out
 from fashion_hpo.storage import StudyFull, budget_used, engine_url

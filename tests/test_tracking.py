@@ -8,15 +8,16 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
+from fashion_hpo.artifacts import log_study_summary
 from fashion_hpo.constants import VAL_ACCURACY
 from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
+from fashion_hpo.runs import parent_run
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
-from fashion_hpo.tracking import log_epoch, log_study_summary, parent_run, tracked_objective
+from fashion_hpo.tracking import log_epoch, tracked_objective
 from fashion_hpo.training import EpochResult
 from tests.conftest import temporary_tracking
 from tests.test_search_space import MLP_PARAMS
@@ -57,7 +58,7 @@ def run_tracked_study(tiny_data: FashionData, tmp_path: Path) -> tuple[RunSettin
     study.pruner = PruneTrialOne()
     for _ in range(3):
         study.enqueue_trial(MLP_PARAMS)
-    objective = make_objective(tiny_data, "mlp", EPOCHS, 0, torch.device("cpu"), report=report_then_fail_trial_two)
+    objective = make_objective(tiny_data, "mlp", EPOCHS, 0, report=report_then_fail_trial_two)
     with parent_run(settings) as run_id:
         tracked, tracker = tracked_objective(objective, settings)
         run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=False)

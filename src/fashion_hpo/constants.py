@@ -34,6 +34,9 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PROMOTE_CHOICES = ("if-better", "always")
 
+# Tag of every run (parent, worker and trial) with the name of its Optuna study.
+STUDY_TAG = "study_name"
+
 # User attributes (and, through the tracker, tags) of a trial whose objective raised.
 EXCEPTION_TYPE = "exception_type"
 EXCEPTION_MESSAGE = "exception_message"

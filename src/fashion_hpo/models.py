@@ -40,6 +40,18 @@ class CNNConfig:
 ModelConfig = MLPConfig | CNNConfig
 
 
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial trains with: the architecture and the optimizer settings."""
+
+    model: ModelConfig
+    optimizer: str
+    lr: float
+    batch_size: int
+    weight_decay: float
+    momentum: float
+
+
 class Normalize(nn.Module):
     """Standardize [0, 1] pixel intensities with the training set's statistics."""
 

@@ -5,20 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import optuna
-import torch
 
 from fashion_hpo.data import FashionData
-from fashion_hpo.models import build_model
 from fashion_hpo.search_space import suggest_config
-from fashion_hpo.training import EpochResult, NonFiniteLossError, fit
+from fashion_hpo.seeding import trial_seed
+from fashion_hpo.training import EpochResult, NonFiniteLossError, build_and_fit
 
 EpochReporter = Callable[[optuna.Trial, EpochResult], None]
 NON_FINITE_LOSS = "non_finite_loss"
-
-
-def trial_seed(seed: int, trial_number: int) -> int:
-    """The seed of one trial's weights and batch order: distinct per trial, reproducible per study."""
-    return seed * 100_003 + trial_number
 
 
 def make_objective(
@@ -26,18 +20,16 @@ def make_objective(
     kind: str,
     epochs: int,
     seed: int,
-    device: torch.device,
     max_train_samples: int = 0,
     report: EpochReporter | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """An objective that trains on (a subset of) the train split and returns the last validation accuracy."""
+    """An objective that trains on (a subset of) the train split, on the data's device, and returns the last
+    validation accuracy."""
     train = data.train.head(max_train_samples)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("model", kind)
         config = suggest_config(trial, kind)
-        torch.manual_seed(trial_seed(seed, trial.number))
-        model = build_model(config.model).to(device)
 
         def on_epoch(result: EpochResult) -> None:
             if report is not None:
@@ -47,7 +39,7 @@ def make_objective(
                 raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
 
         try:
-            history = fit(model, config, train, data.val, epochs, trial_seed(seed, trial.number), on_epoch)
+            history = build_and_fit(config, train, data.val, epochs, trial_seed(seed, trial.number), on_epoch).history
         except NonFiniteLossError as err:
             # Pruned rather than failed, so the sampler still learns that this region diverges.
             trial.set_user_attr("fail_reason", NON_FINITE_LOSS)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -14,24 +14,19 @@ import torch
 from mlflow.entities.model_registry import ModelVersion
 from optuna.trial import FrozenTrial, TrialState
 
+from fashion_hpo.artifacts import log_study_summary, log_test_results
 from fashion_hpo.constants import CHAMPION_ALIAS, EXCEPTION_MESSAGE, EXCEPTION_TYPE, OPTIMIZED_METRIC
 from fashion_hpo.data import FashionData, load_data
-from fashion_hpo.models import build_model
-from fashion_hpo.objective import make_objective, trial_seed
+from fashion_hpo.objective import make_objective
 from fashion_hpo.registry import ModelCard, find_version, log_model, promote, register
+from fashion_hpo.runs import check_tracking_store, end_stale_runs, parent_run
 from fashion_hpo.search_space import config_from_params
+from fashion_hpo.seeding import trial_seed
 from fashion_hpo.settings import REFIT_EPOCHS_FACTOR, RunSettings, redact_url
+from fashion_hpo.storage import retry_stale_trial
 from fashion_hpo.study import best_trial, budget_left, load_existing_study, open_study, run_search, trial_counts
-from fashion_hpo.tracking import (
-    check_tracking_store,
-    end_stale_runs,
-    log_epoch,
-    log_study_summary,
-    log_test_results,
-    parent_run,
-    tracked_objective,
-)
-from fashion_hpo.training import Evaluation, confusion_matrix, evaluate, fit
+from fashion_hpo.tracking import log_epoch, tracked_objective
+from fashion_hpo.training import Evaluation, build_and_fit, confusion_matrix, evaluate
 from fashion_hpo.workers import WorkersFailed, search_in_workers
 
 
@@ -49,14 +44,10 @@ def refit_epochs(best: FrozenTrial, settings: RunSettings) -> int:
     return settings.refit_epochs or REFIT_EPOCHS_FACTOR * max(best.intermediate_values, default=settings.epochs)
 
 
-def refit_and_test(
-    data: FashionData, best: FrozenTrial, settings: RunSettings, device: torch.device, epochs: int
-) -> FinalModel:
-    """Retrain the best trial's config on all 60,000 training images for `epochs`, then test it once."""
+def refit_and_test(data: FashionData, best: FrozenTrial, settings: RunSettings, epochs: int) -> FinalModel:
+    """Retrain the best trial's config (same seed) on all 60,000 training images for `epochs`, then test it once."""
     config = config_from_params(best.params, best.user_attrs.get("model", settings.model))
-    torch.manual_seed(trial_seed(settings.seed, best.number))
-    model = build_model(config.model).to(device)
-    fit(model, config, data.full_train, None, epochs, trial_seed(settings.seed, best.number))
+    model = build_and_fit(config, data.full_train, None, epochs, trial_seed(settings.seed, best.number)).model
     return FinalModel(model, evaluate(model, data.test), confusion_matrix(model, data.test))
 
 
@@ -71,7 +62,7 @@ class Registration:
 
 
 def register_best(
-    data: Callable[[], FashionData], best: FrozenTrial, settings: RunSettings, device: torch.device, run_id: str
+    data: Callable[[], FashionData], best: FrozenTrial, settings: RunSettings, run_id: str
 ) -> Registration:
     """Refit, test once, log and register the best trial, then promote it; a trial registered before is reused.
 
@@ -86,7 +77,7 @@ def register_best(
     splits = data()
     epochs = refit_epochs(best, settings)
     mlflow.set_tag("refit_epochs", epochs)
-    final = refit_and_test(splits, best, settings, device, epochs)
+    final = refit_and_test(splits, best, settings, epochs)
     log_test_results(final.test, final.confusion)
     card = replace(card, test_accuracy=final.test.accuracy)
     info = log_model(final.model, splits.test.images[:4].cpu().numpy(), card)
@@ -140,15 +131,13 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
 def reclaim_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial whose worker died: end its runs FAILED, then queue its parameters again (at most twice)."""
     end_stale_runs(trial)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryFailedTrialCallback(max_retry=2)(study, trial)
+    retry_stale_trial(study, trial)
 
 
-def search_here(study: optuna.Study, data: FashionData, settings: RunSettings, device: torch.device) -> None:
+def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -> None:
     """Run this process's share of the trials, each in its own child run."""
     objective = make_objective(
-        data, settings.model, settings.epochs, settings.seed, device, settings.max_train_samples, log_epoch
+        data, settings.model, settings.epochs, settings.seed, settings.max_train_samples, log_epoch
     )
     tracked, tracker = tracked_objective(objective, settings)
     if budget_left(study, settings.n_trials) <= 0:
@@ -165,15 +154,19 @@ def search_here(study: optuna.Study, data: FashionData, settings: RunSettings, d
 def run_study(settings: RunSettings, device: torch.device) -> int:
     """Search (here, or in `--workers` processes), track, refit, test and register; returns the exit code."""
     check_tracking_store()
-    data = load_data(settings.data_dir, settings.seed, device) if settings.workers == 1 else None
+    in_workers = settings.workers > 1
+    # Loaded once per process: workers load their own, and this process only if it searches or refits.
+    data = functools.cache(lambda: load_data(settings.data_dir, settings.seed, device))
+    if not in_workers:
+        data()  # before the study opens: a data problem is a usage error, with no trial and no run created
     study = open_study(settings, reclaim_stale_trial)
     try:
         with parent_run(settings) as run_id:
             try:
-                if data is None:
+                if in_workers:
                     search_in_workers(settings, run_id)
                 else:
-                    search_here(study, data, settings, device)
+                    search_here(study, data(), settings)
             except (KeyboardInterrupt, WorkersFailed):
                 summarize(study, settings)  # what was found is kept and shown either way
                 raise
@@ -181,8 +174,7 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
             if best is None:
                 print(f"No trial completed, so no model was registered{first_error(study)}.", file=sys.stderr)
                 return 1
-            load = (lambda: data) if data is not None else lambda: load_data(settings.data_dir, settings.seed, device)
-            registration = register_best(load, best, settings, device, run_id) if settings.register else None
+            registration = register_best(data, best, settings, run_id) if settings.register else None
     except WorkersFailed as failed:
         print(f"{failed}; the study's trials are kept: rerun the command to continue it.", file=sys.stderr)
         return 1
@@ -202,7 +194,7 @@ def run_register(settings: RunSettings, device: torch.device) -> int:
         return 1
     with parent_run(settings, run_name=f"register-{settings.study_name}") as run_id:
         registration = register_best(
-            lambda: load_data(settings.data_dir, settings.seed, device), best, settings, device, run_id
+            lambda: load_data(settings.data_dir, settings.seed, device), best, settings, run_id
         )
     print_registration(registration)
     return 0

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import optuna
 
-from fashion_hpo.models import CNNConfig, MLPConfig, ModelConfig
+from fashion_hpo.constants import MODEL_KINDS
+from fashion_hpo.models import CNNConfig, MLPConfig, ModelConfig, TrialConfig
 
 OPTIMIZERS = ("Adam", "AdamW", "RMSprop", "SGD")
 BATCH_SIZES = (64, 128, 256, 512)
@@ -35,18 +34,6 @@ BASELINE_PARAMS: dict[str, dict[str, object]] = {
 }
 
 
-@dataclass(frozen=True)
-class TrialConfig:
-    """Everything one trial trains with: the architecture and the optimizer settings."""
-
-    model: ModelConfig
-    optimizer: str
-    lr: float
-    batch_size: int
-    weight_decay: float
-    momentum: float
-
-
 def suggest_mlp(trial: optuna.Trial) -> MLPConfig:
     """The seed's MLP space: 1-3 layers, log-scaled widths, per-layer dropout."""
     n_layers = trial.suggest_int("n_layers", 1, 3)
@@ -68,9 +55,18 @@ def suggest_cnn(trial: optuna.Trial) -> CNNConfig:
     )
 
 
+def suggest_model(trial: optuna.Trial, kind: str) -> ModelConfig:
+    """The architecture of model kind `kind`."""
+    if kind == "mlp":
+        return suggest_mlp(trial)
+    if kind == "cnn":
+        return suggest_cnn(trial)
+    raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+
+
 def suggest_config(trial: optuna.Trial, kind: str) -> TrialConfig:
-    """Sample one trial's configuration for model kind `kind` ("mlp" or "cnn")."""
-    model = suggest_mlp(trial) if kind == "mlp" else suggest_cnn(trial)
+    """Sample one trial's configuration for model kind `kind` ("mlp" or "cnn"); any other kind raises ValueError."""
+    model = suggest_model(trial, kind)
     optimizer = trial.suggest_categorical("optimizer", list(OPTIMIZERS))
     lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
     batch_size = trial.suggest_categorical("batch_size", list(BATCH_SIZES))

@@ -83,6 +83,14 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL; None for other databases and for in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    database = sqlalchemy.engine.make_url(url).database
+    return database if database and database != ":memory:" else None
+
+
 def check_storage(url: str) -> None:
     """Reject storage URLs that SQLAlchemy cannot parse or whose database kind Optuna cannot use."""
     try:
@@ -129,8 +137,7 @@ def check_scale_out(settings: RunSettings) -> None:
             "--grace-period",
             f"must be longer than --heartbeat-interval ({settings.grace_period} <= {settings.heartbeat_interval})",
         )
-    database = sqlalchemy.engine.make_url(settings.storage).database
-    if settings.workers > 1 and settings.storage.startswith("sqlite") and database in (None, "", ":memory:"):
+    if settings.workers > 1 and settings.storage.startswith("sqlite") and sqlite_file(settings.storage) is None:
         raise UsageError("--storage", "an in-memory SQLite database cannot be shared by --workers; give a file")
 
 

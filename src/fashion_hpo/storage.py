@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import fcntl
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
+import filelock
 import optuna
 import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.constants import INTERRUPTED
+from fashion_hpo.settings import sqlite_file
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 # Trials that hold a place in the budget: finished ones, ones a worker is running, and queued retries.
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-# Optuna's RetryFailedTrialCallback lists, in each retry, the numbers of the failed trials it replaces.
-RETRY_HISTORY_KEY = "retry_history"
+# How often a trial whose worker died is run again before it stays failed.
+MAX_RETRIES = 2
 
 
 class StudyFull(Exception):
@@ -43,12 +44,33 @@ def budget_used(trials: list[FrozenTrial]) -> int:
 
     All but the failures that are not the trial's own: a trial stopped by an interrupt is rerun by the next
     invocation, and one whose worker died is retried (the retry, queued as WAITING, counts instead)."""
-    retried = {number for t in trials for number in t.system_attrs.get(RETRY_HISTORY_KEY, ())}
+    retried = {number for t in trials for number in retry_history(t)}
     return sum(
         t.state in BUDGET_STATES
         or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED) and t.number not in retried)
         for t in trials
     )
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the failed trials that `trial` retries (oldest first); empty for a trial of its own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def retried_trial_number(trial: FrozenTrial) -> int | None:
+    """The number of the first failed trial that `trial` retries; None for a trial of its own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue the parameters of a trial whose worker died again, as a WAITING trial (at most MAX_RETRIES times)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
 class BudgetedStorage(optuna.storages.RDBStorage):
@@ -102,27 +124,12 @@ def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> Iterator[None
             finally:
                 conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:key)"), {"key": str(key)})
     else:
-        with sqlite_file_lock(engine.url.database):
+        with sqlite_file_lock(engine.url.render_as_string(hide_password=False)):
             yield
 
 
-def sqlite_database(url: str) -> str | None:
-    """The file of a SQLite URL; None for other databases, servers and in-memory SQLite."""
-    if not url.startswith("sqlite"):
-        return None
-    database = sqlalchemy.engine.make_url(url).database
-    return database if database and database != ":memory:" else None
-
-
-@contextmanager
-def sqlite_file_lock(database: str | None) -> Iterator[None]:
-    """An exclusive lock on a file beside a SQLite database (processes sharing SQLite share a machine anyway)."""
-    if not database or database == ":memory:":
-        yield  # in memory: one process, which creates its trials one at a time
-        return
-    with open(Path(database).with_name(Path(database).name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def sqlite_file_lock(url: str) -> AbstractContextManager[object]:
+    """An exclusive lock on a file beside a SQLite database (processes sharing SQLite share a machine anyway);
+    no lock for other databases and for in-memory SQLite, which one process uses alone."""
+    database = sqlite_file(url)
+    return filelock.FileLock(f"{database}.lock") if database else nullcontext()

@@ -13,24 +13,26 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.constants import BASELINE, DIRECTION, OPTIMIZED_METRIC
-from fashion_hpo.objective import trial_seed
 from fashion_hpo.search_space import BASELINE_PARAMS
-from fashion_hpo.settings import RunSettings, UsageError, redact_url
+from fashion_hpo.seeding import trial_seed
+from fashion_hpo.settings import PRUNERS, SAMPLERS, RunSettings, UsageError, redact_url
 from fashion_hpo.storage import BudgetedStorage, StaleTrialCallback, StudyFull, budget_used, engine_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The `--sampler` choice, seeded."""
+    """The `--sampler` choice, seeded; an unknown name raises ValueError."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    # constant_liar: a worker treats other workers' running trials as bad, so it does not sample next to them.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "tpe":
+        # constant_liar: a worker treats other workers' running trials as bad, so it does not sample next to them.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
@@ -76,14 +78,16 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """The `--pruner` choice; resources are epochs."""
+    """The `--pruner` choice, with epochs as the resource; an unknown name raises ValueError."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     if name == "successive-halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
     if name == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    raise ValueError(f"unknown pruner {name!r}; expected one of {', '.join(PRUNERS)}")
 
 
 def storage_error(err: Exception, url: str) -> UsageError:
@@ -149,7 +153,6 @@ def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
             "--model",
             f"study {settings.study_name!r} searches {kind!r} models; use --model {kind} or another --study-name",
         )
-    return study
 
 
 def load_existing_study(settings: RunSettings) -> optuna.Study:
@@ -173,11 +176,10 @@ def run_search(
 ) -> None:
     """Run trials until the study has `n_trials` or this worker's `timeout` is up; a failing trial does not stop it.
 
-    When the study is full but other workers' trials still run, wait: a worker that was killed leaves a trial that
-    turns stale after the grace period, is retried, and then needs a worker to run it."""
+    When the study is full but other workers' trials still run, wait for them (`wait_for_stale_trials`): a worker
+    that was killed leaves a trial that turns stale after the grace period, is retried, and needs a worker to run it."""
     deadline = time.monotonic() + settings.timeout if settings.timeout else float("inf")
-    patience = settings.grace_period + 2 * settings.heartbeat_interval
-    waiting_since, running_before, first = 0.0, -1, True
+    waiting = StaleTrialWait(patience=settings.grace_period + 2 * settings.heartbeat_interval)
     while time.monotonic() < deadline:
         try:
             study.optimize(
@@ -186,16 +188,31 @@ def run_search(
                 timeout=deadline - time.monotonic() if settings.timeout else None,
                 callbacks=list(callbacks),
                 catch=(Exception,),
-                show_progress_bar=show_progress_bar and first,
+                # Drawn once: a later round (after a queued retry, which took no new place in the budget) is short.
+                show_progress_bar=show_progress_bar and not waiting.rounds,
             )
-            first = False  # it may have stopped early: a queued retry it ran took no new place in the budget
         except StudyFull as full:
-            now, first = time.monotonic(), False
-            if full.running != running_before:  # progress elsewhere: be patient again
-                waiting_since, running_before = now, full.running
-            if not full.running or now - waiting_since > patience:
+            if not waiting.keep_waiting(full.running):
                 return
-            time.sleep(min(settings.heartbeat_interval, max(deadline - now, 0)))
+            time.sleep(min(settings.heartbeat_interval, max(deadline - time.monotonic(), 0)))
+        waiting.rounds += 1
+
+
+class StaleTrialWait:
+    """Whether a worker whose study is full should wait for other workers' running trials: while they progress,
+    and for at most `patience` seconds since the count of running trials last changed."""
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self.rounds = 0
+        self.since, self.running = time.monotonic(), -1
+
+    def keep_waiting(self, running: int) -> bool:
+        """True to wait for the `running` trials of other workers; False when there are none, or no progress."""
+        now = time.monotonic()
+        if running != self.running:  # progress elsewhere: be patient again
+            self.since, self.running = now, running
+        return running > 0 and now - self.since <= self.patience
 
 
 def budget_left(study: optuna.Study, n_trials: int) -> int:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashion_hpo.data import Split, batches
-from fashion_hpo.search_space import TrialConfig
+from fashion_hpo.models import TrialConfig, build_model
 
 # How many batches pass between checks for a diverged loss: each check is one host sync.
 FINITE_CHECK_EVERY = 20
@@ -116,6 +116,30 @@ def fit(
         if on_epoch is not None:
             on_epoch(history[-1])
     return history
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A trained model and its per-epoch history."""
+
+    model: nn.Module
+    history: list[EpochResult]
+
+
+def build_and_fit(
+    config: TrialConfig,
+    train: Split,
+    val: Split | None,
+    epochs: int,
+    seed: int,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> Fitted:
+    """Build the config's model on the data's device, seed its weights and batch order with `seed`, and train it.
+
+    The one recipe shared by a trial and the refit of its configuration, so that both start from the same weights."""
+    torch.manual_seed(seed)
+    model = build_model(config.model).to(train.labels.device)
+    return Fitted(model, fit(model, config, train, val, epochs, seed, on_epoch))
 
 
 def confusion_matrix(model: nn.Module, split: Split, n_classes: int = 10) -> torch.Tensor:

@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import mlflow
 
-from fashion_hpo.cli import Terminated, study_argv
+from fashion_hpo.flags import study_argv
+from fashion_hpo.process import signal_name
+from fashion_hpo.runs import end_dead_worker_runs
 from fashion_hpo.settings import RunSettings, threads_per_worker
-from fashion_hpo.tracking import end_dead_worker_runs
 
 
 class WorkersFailed(RuntimeError):
@@ -60,7 +61,7 @@ def wait_for(workers: list[subprocess.Popen]) -> list[int]:
     try:
         return [worker.wait() for worker in workers]
     except KeyboardInterrupt as interrupt:
-        forwarded = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+        forwarded = signal_name(interrupt)
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(forwarded)

@@ -1,0 +1,65 @@
+"""How the process runs: signals (SIGTERM handled like Ctrl-C), glibc's allocator, torch's thread count."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import threading
+
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: runs are closed as KILLED, finished trials are kept."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM handler."""
+    raise Terminated()
+
+
+def signal_name(interrupt: KeyboardInterrupt) -> signal.Signals:
+    """The signal behind an interrupt: SIGTERM for Terminated, else SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+
+
+class DropInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C with the traceback of the KeyboardInterrupt; the line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record, without the interrupt's traceback."""
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def handle_interrupts() -> None:
+    """SIGTERM raises Terminated (from the main thread only, where Python runs handlers); failed-trial logs of
+    interrupted trials carry no traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
+    logging.getLogger("optuna.study._optimize").addFilter(DropInterruptTraceback())  # the logger of failed trials
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for the next batch instead of unmapping it each time.
+
+    Conv activations are tens of MB per batch; with glibc's defaults every batch maps and unmaps them again, which
+    doubled a CNN epoch's time here (system time; 18.6 s -> 9.3 s on 5,000 images). The cost is a resident size that
+    stays at its peak, which a training process reaches anyway.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc (macOS, musl): its allocator does not need this
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's intra-op threads, so that workers sharing a machine do not oversubscribe its cores."""
+    import torch  # deferred: `--help` and bad flags answer without loading torch
+
+    torch.set_num_threads(threads)

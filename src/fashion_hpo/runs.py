@@ -1,0 +1,121 @@
+"""The runs around the trials: the invocation's parent run, the tracking-store probe, and ending the runs that a
+dead worker or an interrupted trial left RUNNING."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import FrozenTrial
+
+from fashion_hpo.constants import INTERRUPTED, STUDY_TAG
+from fashion_hpo.settings import RunSettings, UsageError, redact_url
+from fashion_hpo.storage import sqlite_file_lock
+from fashion_hpo.tracking import trial_run_id
+
+
+def end_stale_runs(trial: FrozenTrial) -> None:
+    """End the MLflow runs of a trial whose worker stopped sending heartbeats, and of that worker, as FAILED.
+
+    The worker was killed or hung, so nothing else would ever end them; a tag says why."""
+    client = MlflowClient()
+    run_id = trial_run_id(trial)
+    if run_id is None:
+        return  # killed before its run was created
+    worker_run_id = client.get_run(run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
+    reason = f"trial {trial.number} stopped sending heartbeats (worker killed or hung); reclaimed and retried"
+    fail_running(client, [client.get_run(i) for i in filter(None, (run_id, worker_run_id))], "reclaimed", reason)
+
+
+def fail_running(client: MlflowClient, runs: list[mlflow.entities.Run], tag: str, reason: str) -> None:
+    """End those of `runs` still RUNNING as FAILED, with tag `tag` saying why."""
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, tag, reason)
+            client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def end_dead_worker_runs(parent_run_id: str, run_name: str, reason: str) -> None:
+    """End the run named `run_name` under `parent_run_id` and its trial runs, where left RUNNING, as FAILED.
+
+    For a worker process that died (killed between or during trials): nothing else would end its runs."""
+    client = MlflowClient()
+    experiment = [client.get_run(parent_run_id).info.experiment_id]
+    worker_runs = client.search_runs(
+        experiment, f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}'"
+    )
+    for worker in worker_runs:
+        trials = client.search_runs(
+            experiment, f"tags.mlflow.parentRunId = '{worker.info.run_id}' and attributes.status = 'RUNNING'"
+        )
+        fail_running(client, [*trials, worker], "worker_failed", reason)
+
+
+# A reachable server answers at once; an unreachable one should fail in seconds, not after MLflow's
+# default retries with backoff (minutes). Users' own settings of these variables win.
+PROBE_HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+def check_tracking_store() -> None:
+    """Fail fast, before any trial, when the MLflow tracking store cannot be reached."""
+    uri = mlflow.get_tracking_uri()
+    added = {name: value for name, value in PROBE_HTTP_SETTINGS.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        probe_store(uri)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UsageError(
+            "MLFLOW_TRACKING_URI", f"cannot reach the tracking store {redact_url(uri)}: {reason}"
+        ) from None
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def probe_store(uri: str) -> None:
+    """Ask the store for one experiment. Workers started together on a new SQLite store would race to create
+    MLflow's tables (a half-migrated schema, `_alembic_tmp_*` clashes): one at a time creates them."""
+    with sqlite_file_lock(uri):
+        MlflowClient().search_experiments(max_results=1)
+
+
+def choose_experiment(study_name: str) -> None:
+    """Use an experiment named after the study, unless `mlflow run` or the user's env already chose one."""
+    chosen = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    if not any(os.environ.get(name) for name in chosen):
+        mlflow.set_experiment(study_name)
+
+
+@contextmanager
+def parent_run(settings: RunSettings, run_name: str | None = None) -> Iterator[str]:
+    """The invocation's run (under `mlflow run`, the project's own run), ended with the right status.
+
+    A worker started by `--workers` nests its run under the run of the command that started it."""
+    choose_experiment(settings.study_name)
+    run = mlflow.start_run(
+        run_name=run_name or settings.run_name or settings.study_name,
+        parent_run_id=settings.parent_run_id or None,
+        tags={STUDY_TAG: settings.study_name},
+    )
+    try:
+        # `mlflow run` already logged the entry point's parameters; MLflow forbids changing a param.
+        logged = run.data.params
+        mlflow.log_params({k: v for k, v in settings.loggable().items() if k not in logged})
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")  # first, so that a second Ctrl-C cannot leave the run RUNNING
+        MlflowClient().set_tag(run.info.run_id, INTERRUPTED, "true")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
