@@ -66,6 +66,7 @@ def test_splits_are_50k_10k_10k_scaled_and_disjoint(real_data: FashionData) -> N
     assert torch.bincount(real_data.test.labels).tolist() == [1000] * 10
 
 
+@pytest.mark.slow  # loads the real dataset twice more
 def test_split_is_fixed_by_the_seed(data_dir: Path, real_data: FashionData) -> None:
     again, other = load_data(data_dir, seed=0), load_data(data_dir, seed=1)
     assert torch.equal(again.val.labels, real_data.val.labels)
@@ -210,6 +211,13 @@ def test_damaged_archive_is_named_and_leaves_no_file(archives: Path, tmp_path: P
     assert not list(raw_dir(tmp_path / "data").glob("*.tmp")), "no temporary file left behind"
 
 
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Serves a folder without an access log."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log on the test's stderr."""
+
+
 @pytest.fixture
 def archive_server(archives: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """torchvision's FashionMNIST download pointed at the synthetic archives, served on the loopback."""
@@ -225,11 +233,6 @@ def archive_server(archives: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         yield archives
         server.shutdown()
         thread.join(timeout=10)
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        """No access log on the test's stderr."""
 
 
 def test_download_fallback_installs_complete_recorded_files(archive_server: Path, tmp_path: Path) -> None:
