@@ -10,17 +10,34 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from uuid import uuid4
 
 import mlflow
 import pytest
+import sqlalchemy
 import torch
 
 from fashion_hpo.data import FashionData, Split
+from fashion_hpo.storage import engine_url
 
 REPO = Path(__file__).resolve().parents[1]
+# Set by `mlflow run` or a user's shell: a process that inherited them would log into that run or experiment.
+RUN_SCOPE_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+# A trial's parameters in the MLP space, for tests that enqueue a known configuration.
+MLP_PARAMS = {
+    "n_layers": 2,
+    "n_units_l0": 512,
+    "n_units_l1": 64,
+    "dropout_l0": 0.2,
+    "dropout_l1": 0.1,
+    "optimizer": "Adam",
+    "lr": 1e-3,
+    "batch_size": 128,
+    "use_weight_decay": False,
+}
 
 # The interrupt tests send SIGINT as a terminal's Ctrl-C would. A shell starts background jobs with SIGINT ignored,
 # which their children inherit across exec; a Python handler here is reset to the default in every child instead.
@@ -51,7 +68,7 @@ def temporary_tracking(folder: Path) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(folder)  # the default artifact root ./mlruns lands in the temporary folder
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        for name in RUN_SCOPE_VARIABLES:
             patch.delenv(name, raising=False)
         # MLflow remembers the experiment chosen by an earlier test in this process; forget it.
         patch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
@@ -82,7 +99,7 @@ def project_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
     # As in an activated virtual environment: the entry point's `python` is this interpreter.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for name in RUN_SCOPE_VARIABLES:
         env.pop(name, None)
     params = {
         "n_trials": N_TRIALS,
@@ -111,11 +128,21 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def run_cli(args: list[str]) -> int:
+    """The exit code of `fashion-hpo` run in this process."""
+    from fashion_hpo.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
 def subprocess_env(work: Path) -> dict[str, str]:
     """The environment of a CLI process that tracks into `work`: this interpreter's scripts first on PATH."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for name in RUN_SCOPE_VARIABLES:
         env.pop(name, None)
     return env
 
@@ -139,3 +166,100 @@ def wait_until_answering(url: str, server: subprocess.Popen, log: Path, timeout:
         except OSError:
             time.sleep(0.5)
     pytest.fail(f"no answer from {url}: {log.read_text()[-3000:]}")
+
+
+POSTGRES_URL_VARIABLE = "FASHION_HPO_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of a PostgreSQL role that may create databases (`scripts/postgres.sh` prints one; CI exports it)."""
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: export {POSTGRES_URL_VARIABLE} (scripts/postgres.sh)")
+        pytest.skip(f"no PostgreSQL: export {POSTGRES_URL_VARIABLE}=$(sudo scripts/postgres.sh)")
+    return url
+
+
+@pytest.fixture
+def new_database(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Creates empty PostgreSQL databases on demand (one per store) and drops them after the test."""
+    admin = sqlalchemy.create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"fashion_hpo_test_{uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        created.append(name)
+        return sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+class TrackingServer:
+    """`mlflow server` on a free loopback port, in its own process group; it can be stopped and started again on
+    the same port and stores, as an outage or a restart of a real server would."""
+
+    def __init__(self, folder: Path, backend_store_uri: str) -> None:
+        self.folder, self.backend_store_uri = folder, backend_store_uri
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--workers", "1", "--backend-store-uri", self.backend_store_uri]
+        command += ["--artifacts-destination", str(self.folder / "server-artifacts")]
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_until_answering(f"{self.url}/health", self.process, self.log)
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group (uvicorn and huey children included; in-flight requests finish), SIGKILL to
+        what lingers, then wait until the port refuses connections."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        signal_group(process.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while port_answers(self.port):
+            assert time.monotonic() < deadline, f"port {self.port} still answers after the server stopped"
+            time.sleep(0.2)
+
+
+def signal_group(pgid: int, signum: signal.Signals) -> None:
+    """Send `signum` to a process group, which may already be gone."""
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def port_answers(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback `port`."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def tracking_server(folder: Path, backend_store_uri: str) -> Iterator[TrackingServer]:
+    """A started TrackingServer, stopped (by process group) when the block ends."""
+    server = TrackingServer(folder, backend_store_uri)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

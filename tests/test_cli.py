@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_hpo.cli import build_parser, main
+from fashion_hpo.cli import build_parser
 from fashion_hpo.flags import settings_from_args
 from fashion_hpo.settings import RunSettings, redact_url
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 BAD_FLAGS = [
     (["--n-trials", "0"], "--n-trials"),
@@ -31,14 +31,6 @@ BAD_FLAGS = [
     (["--storage", "redis://localhost:6379"], "--storage"),
     (["--storage", "sqlite:////no/such/folder/optuna.db"], "--storage"),
 ]
-
-
-def run_cli(args: list[str]) -> int:
-    """The exit code of `fashion-hpo` run in this process."""
-    try:
-        return main(args)
-    except SystemExit as exit_:
-        return int(exit_.code)
 
 
 @pytest.mark.parametrize(("flags", "flag"), BAD_FLAGS)
@@ -118,7 +110,7 @@ def test_mlproject_names_every_flag_with_the_same_defaults() -> None:
     defaults = RunSettings()
     for name, spec in main_entry["parameters"].items():
         assert f"--{name.replace('_', '-')} {{{name}}}" in main_entry["command"]
-        expected = "" if name == "study_name" else str(getattr(defaults, name))
+        expected = "" if name in ("study_name", "storage") else str(getattr(defaults, name))  # '' = the CLI's default
         assert str(spec["default"]) == expected, name
     # Not parameters: `mlflow run` names and nests its own run, registers unless -e, and logs rather than draws;
     # starting without the baseline trial is a CLI switch.

@@ -17,12 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from fashion_hpo import pipeline
 from fashion_hpo.artifacts import log_plots
-from fashion_hpo.cli import main
 from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import open_study, run_search
-from tests.test_search_space import MLP_PARAMS
+from tests.conftest import MLP_PARAMS, run_cli
 
 
 def error_line(err: str) -> str:
@@ -30,14 +29,6 @@ def error_line(err: str) -> str:
     errors = [line for line in err.splitlines() if line.startswith("fashion-hpo")]
     assert len(errors) == 1 and "Traceback" not in err, err
     return errors[0]
-
-
-def run_cli(args: list[str]) -> int:
-    """The exit code of `fashion-hpo` run in this process."""
-    try:
-        return main(args)
-    except SystemExit as exit_:
-        return int(exit_.code)
 
 
 def test_unreachable_tracking_server_fails_fast_before_any_trial(

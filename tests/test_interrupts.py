@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import REPO, subprocess_env, temporary_tracking
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STUDY = "interrupted"
 
 

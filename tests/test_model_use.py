@@ -22,7 +22,7 @@ from torchvision.datasets import FashionMNIST
 from fashion_hpo.cli import main
 from tests.conftest import REPO, free_port, temporary_tracking, wait_until_answering
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHAMPION = "models:/fashion-mnist-classifier@champion"
 
 

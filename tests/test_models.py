@@ -30,9 +30,3 @@ def test_model_normalizes_pixels_itself() -> None:
     model = build_model(MLPConfig(hidden_units=(4,), dropouts=(0.0,)))
     normalized = model[0](torch.full((1, 1, 28, 28), 0.2860))
     assert torch.allclose(normalized, torch.zeros_like(normalized), atol=1e-6)
-
-
-def test_configs_are_frozen() -> None:
-    config = MLPConfig(hidden_units=(8,), dropouts=(0.0,))
-    with pytest.raises(AttributeError):
-        config.hidden_units = (16,)  # type: ignore[misc]

@@ -13,7 +13,7 @@ from fashion_hpo import objective as objective_module
 from fashion_hpo.data import FashionData, Split
 from fashion_hpo.objective import NON_FINITE_LOSS, make_objective
 from fashion_hpo.training import EpochResult
-from tests.test_search_space import MLP_PARAMS
+from tests.conftest import MLP_PARAMS
 
 CPU = torch.device("cpu")
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from uuid import uuid4
 
 import mlflow
 import optuna
@@ -20,43 +18,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.settings import available_cores
 from fashion_hpo.storage import engine_url
-from tests.conftest import free_port, subprocess_env, temporary_tracking, wait_until_answering
+from tests.conftest import subprocess_env, temporary_tracking, tracking_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STUDY = "shared"
-POSTGRES_URL_VARIABLE = "FASHION_HPO_TEST_POSTGRES_URL"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The URL of a PostgreSQL role that may create databases (`scripts/postgres.sh` prints one; CI exports it)."""
-    url = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the PostgreSQL tests: export {POSTGRES_URL_VARIABLE} (scripts/postgres.sh)")
-        pytest.skip(f"no PostgreSQL: export {POSTGRES_URL_VARIABLE}=$(sudo scripts/postgres.sh)")
-    return url
-
-
-@pytest.fixture
-def new_database(postgres_url: str) -> Iterator[Callable[[], str]]:
-    """Creates empty PostgreSQL databases on demand (one per store) and drops them after the test."""
-    admin = sqlalchemy.create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT")
-    created: list[str] = []
-
-    def create() -> str:
-        name = f"fashion_hpo_test_{uuid4().hex[:12]}"
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-        created.append(name)
-        return sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-
-    yield create
-    with admin.connect() as conn:
-        for name in created:
-            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
 
 
 def study_command(data_dir: Path, storage: str, n_trials: int, *extra: str) -> list[str]:
@@ -123,19 +89,8 @@ def test_three_worker_processes_share_one_postgres_study(
 @pytest.fixture
 def mlflow_server(tmp_path: Path, new_database: Callable[[], str]) -> Iterator[str]:
     """`mlflow server` on a free loopback port with a PostgreSQL backend store; yields its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", new_database(), "--artifacts-destination", str(tmp_path / "server-artifacts")]
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answering(f"{url}/health", server, tmp_path / "server.log")
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
+    with tracking_server(tmp_path, new_database()) as server:
+        yield server.url
 
 
 def test_workers_against_an_mlflow_server_register_the_best_once(

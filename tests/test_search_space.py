@@ -10,18 +10,8 @@ import pytest
 
 from fashion_hpo.models import CNNConfig, MLPConfig, TrialConfig
 from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params, suggest_config
+from tests.conftest import MLP_PARAMS
 
-MLP_PARAMS = {
-    "n_layers": 2,
-    "n_units_l0": 512,
-    "n_units_l1": 64,
-    "dropout_l0": 0.2,
-    "dropout_l1": 0.1,
-    "optimizer": "Adam",
-    "lr": 1e-3,
-    "batch_size": 128,
-    "use_weight_decay": False,
-}
 CNN_PARAMS = {
     "n_conv_blocks": 2,
     "channels_b0": 32,

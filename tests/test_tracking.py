@@ -19,8 +19,7 @@ from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
 from fashion_hpo.tracking import log_epoch, tracked_objective
 from fashion_hpo.training import EpochResult
-from tests.conftest import temporary_tracking
-from tests.test_search_space import MLP_PARAMS
+from tests.conftest import MLP_PARAMS, temporary_tracking
 
 EPOCHS = 2
 
@@ -136,3 +135,26 @@ def test_parent_holds_settings_summary_and_artifacts(tracked_study: tuple[RunSet
     plots = {a.path for a in MlflowClient().list_artifacts(parent_id, "plots")}
     assert "trials.csv" in artifacts
     assert {"plots/optimization_history.png", "plots/intermediate_values.png"} <= plots
+
+
+def test_what_tracking_relies_on_inside_mlflow_callback_still_holds(tracking_uri: str) -> None:
+    """tracking.py's PRIVATE CONTRACT with optuna-integration: if this fails, the MLflowCallback changed inside."""
+    from optuna_integration.mlflow import MLflowCallback
+    from optuna_integration.mlflow.mlflow import RUN_ID_ATTRIBUTE_KEY
+
+    logged: list[list[float] | None] = []
+
+    class Recording(MLflowCallback):
+        def _log_metrics(self, values: list[float] | None) -> None:
+            logged.append(values)
+
+    with pytest.warns(FutureWarning, match="MLflowCallback"):  # deprecated since 4.9.0, kept on purpose
+        callback = Recording(metric_name=VAL_ACCURACY, create_experiment=False)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        objective = callback.track_in_mlflow()(lambda trial: 0.5)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=1, callbacks=[callback])
+    run_id = study.trials[0].system_attrs[RUN_ID_ATTRIBUTE_KEY]
+    assert logged == [[0.5]], "__call__ logs the trial's values through _log_metrics"
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [run.info.run_id for run in runs] == [run_id], "__call__ resumed the run that track_in_mlflow created"

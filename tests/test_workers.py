@@ -14,7 +14,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from fashion_hpo import workers
 from fashion_hpo.pipeline import run_study
-from fashion_hpo.settings import RunSettings
+from fashion_hpo.settings import RunSettings, available_cores
 
 
 def exiting_workers(*codes: int) -> list[subprocess.Popen]:
@@ -68,4 +68,4 @@ def test_worker_settings_split_the_cores_and_nest_under_the_command() -> None:
     settings = workers.worker_settings(RunSettings(workers=2, threads=0, study_name="crew"), "parent-id", 2)
     assert (settings.workers, settings.register, settings.progress_bar) == (1, False, False)
     assert (settings.run_name, settings.parent_run_id) == ("crew-worker-2", "parent-id")
-    assert settings.threads >= 1
+    assert settings.threads >= 1 and 2 * settings.threads <= max(2, available_cores()), "two workers share the cores"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from typing import Any, cast
 
 import matplotlib
 
@@ -35,7 +36,8 @@ def log_study_summary(
     """On the parent run: trial counts, the best trial, and (with `artifacts`) the trials table and Optuna's plots."""
     mlflow.log_metrics({f"trials_{state}": float(n) for state, n in counts.items()})
     if best is not None:
-        mlflow.log_metrics({"best_trial_number": float(best.number), f"best_{OPTIMIZED_METRIC}": best.value})
+        best_value = cast(float, best.value)  # a complete trial has its value
+        mlflow.log_metrics({"best_trial_number": float(best.number), f"best_{OPTIMIZED_METRIC}": best_value})
         mlflow.log_params({f"best_{name}": value for name, value in best.params.items()})
     if not artifacts:
         return
@@ -56,7 +58,7 @@ def log_plots(study: optuna.Study, n_complete: int) -> None:
     """Optuna's plots as PNG artifacts; a plot that fails is a warning, never a failed study."""
     from optuna.visualization import matplotlib as ovm
 
-    plots = {
+    plots: dict[str, Callable[[optuna.Study], Any]] = {
         "optimization_history": ovm.plot_optimization_history,
         "parallel_coordinate": ovm.plot_parallel_coordinate,
         "intermediate_values": ovm.plot_intermediate_values,

@@ -1,5 +1,7 @@
 """Names shared by every stage: metrics, the optimized direction, classes, registry defaults."""
 
+from typing import Literal
+
 # Per-epoch metrics of a trial's child run (step = epoch, 1-based).
 TRAIN_LOSS = "train_loss"
 VAL_ACCURACY = "val_accuracy"
@@ -8,7 +10,7 @@ EPOCH_SECONDS = "epoch_seconds"
 
 # The optimized metric and its direction: trials are selected on validation accuracy, never on test.
 OPTIMIZED_METRIC = VAL_ACCURACY
-DIRECTION = "maximize"
+DIRECTION: Literal["maximize"] = "maximize"
 
 # Metrics of the final model, logged once on the parent run.
 TEST_ACCURACY = "test_accuracy"

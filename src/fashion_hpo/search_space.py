@@ -7,6 +7,9 @@ import optuna
 from fashion_hpo.constants import MODEL_KINDS
 from fashion_hpo.models import CNNConfig, MLPConfig, ModelConfig, TrialConfig
 
+# A live trial samples; a FixedTrial replays a finished trial's params through the same space.
+AnyTrial = optuna.Trial | optuna.trial.FixedTrial
+
 OPTIMIZERS = ("Adam", "AdamW", "RMSprop", "SGD")
 BATCH_SIZES = (64, 128, 256, 512)
 _BASELINE_TRAINING = {
@@ -34,7 +37,7 @@ BASELINE_PARAMS: dict[str, dict[str, object]] = {
 }
 
 
-def suggest_mlp(trial: optuna.Trial) -> MLPConfig:
+def suggest_mlp(trial: AnyTrial) -> MLPConfig:
     """The seed's MLP space: 1-3 layers, log-scaled widths, per-layer dropout."""
     n_layers = trial.suggest_int("n_layers", 1, 3)
     units = tuple(trial.suggest_int(f"n_units_l{i}", 4, 1024, log=True) for i in range(n_layers))
@@ -42,7 +45,7 @@ def suggest_mlp(trial: optuna.Trial) -> MLPConfig:
     return MLPConfig(hidden_units=units, dropouts=dropouts)
 
 
-def suggest_cnn(trial: optuna.Trial) -> CNNConfig:
+def suggest_cnn(trial: AnyTrial) -> CNNConfig:
     """1-3 conv blocks with their own widths, kernel 3 or 5, optional batch norm, dropout, dense head."""
     n_blocks = trial.suggest_int("n_conv_blocks", 1, 3)
     channels = tuple(trial.suggest_int(f"channels_b{i}", 8, 128, log=True) for i in range(n_blocks))
@@ -55,7 +58,7 @@ def suggest_cnn(trial: optuna.Trial) -> CNNConfig:
     )
 
 
-def suggest_model(trial: optuna.Trial, kind: str) -> ModelConfig:
+def suggest_model(trial: AnyTrial, kind: str) -> ModelConfig:
     """The architecture of model kind `kind`."""
     if kind == "mlp":
         return suggest_mlp(trial)
@@ -64,7 +67,7 @@ def suggest_model(trial: optuna.Trial, kind: str) -> ModelConfig:
     raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
 
 
-def suggest_config(trial: optuna.Trial, kind: str) -> TrialConfig:
+def suggest_config(trial: AnyTrial, kind: str) -> TrialConfig:
     """Sample one trial's configuration for model kind `kind` ("mlp" or "cnn"); any other kind raises ValueError."""
     model = suggest_model(trial, kind)
     optimizer = trial.suggest_categorical("optimizer", list(OPTIMIZERS))
