@@ -82,3 +82,8 @@ def test_the_baseline_configuration_lies_inside_the_space_and_names_only_its_par
         warnings.simplefilter("error")  # FixedTrial warns about a value outside a parameter's range
         suggest_config(trial, kind)
     assert trial.params == BASELINE_PARAMS[kind]
+
+
+def test_an_unknown_model_kind_raises_instead_of_building_a_default() -> None:
+    with pytest.raises(ValueError, match="unknown model kind 'rnn'"):
+        suggest_config(optuna.trial.FixedTrial(MLP_PARAMS), "rnn")

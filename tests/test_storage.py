@@ -15,7 +15,7 @@ from fashion_hpo.flags import settings_from_args, study_argv
 from fashion_hpo.search_space import BASELINE_PARAMS, suggest_config
 from fashion_hpo.settings import RunSettings, UsageError, check_scale_out
 from fashion_hpo.storage import StudyFull, budget_used, engine_url
-from fashion_hpo.study import budget_left, open_study, run_search
+from fashion_hpo.study import budget_left, make_pruner, make_sampler, open_study, run_search
 
 
 def uniform(trial: optuna.Trial) -> float:
@@ -135,3 +135,11 @@ def test_a_new_study_first_trains_the_baseline_once_and_can_skip_it(tmp_path: Pa
     assert all(BASELINE not in t.user_attrs for t in trials[1:]), "reopening the study queues no second baseline"
     plain = settings(tmp_path, n_trials=1, study_name="plain", baseline_trial=False)
     assert open_study(plain).trials == []
+
+
+@pytest.mark.parametrize(
+    ("make", "name"), [(lambda name: make_sampler(name, 0), "sampler"), (lambda name: make_pruner(name, 5), "pruner")]
+)
+def test_an_unknown_sampler_or_pruner_raises_instead_of_defaulting(make, name: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown {name} 'nope'"):
+        make("nope")
