@@ -14,7 +14,7 @@ from fashion_hpo.artifacts import log_study_summary
 from fashion_hpo.constants import VAL_ACCURACY
 from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
-from fashion_hpo.runs import parent_run
+from fashion_hpo.runs import UiHint, parent_run, ui_hint
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
 from fashion_hpo.tracking import log_epoch, tracked_objective
@@ -158,3 +158,41 @@ def test_what_tracking_relies_on_inside_mlflow_callback_still_holds(tracking_uri
     assert logged == [[0.5]], "__call__ logs the trial's values through _log_metrics"
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [run.info.run_id for run in runs] == [run_id], "__call__ resumed the run that track_in_mlflow created"
+
+
+def test_the_experiment_is_marked_as_model_training(tracked_study: tuple[RunSettings, str]) -> None:
+    parent = MlflowClient().get_run(tracked_study[1])
+    tags = MlflowClient().get_experiment(parent.info.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_experiment_that_mlflow_run_chose_is_marked_too(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = MlflowClient().create_experiment("chosen-by-mlflow-run")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", chosen)
+    with parent_run(RunSettings(study_name="s")):
+        pass
+    assert MlflowClient().get_experiment(chosen).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+RUNS_VIEW = "#/experiments/7/runs?workflowType=machine_learning"
+
+
+def test_ui_hint_on_mlflows_default_store_is_plain_mlflow_ui() -> None:
+    hint = ui_hint("sqlite:////work/mlflow.db", "7", default_uri="sqlite:////work/mlflow.db")
+    assert hint == UiHint("mlflow ui", f"http://127.0.0.1:5000/{RUNS_VIEW}")
+
+
+def test_ui_hint_names_any_other_store_with_its_password_hidden() -> None:
+    sqlite = ui_hint("sqlite:////tmp/x/mlflow.db", "7", default_uri="sqlite:////work/mlflow.db")
+    assert sqlite == UiHint(
+        "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db", f"http://127.0.0.1:5000/{RUNS_VIEW}"
+    )
+    postgres = ui_hint("postgresql://me:secret@db:5432/mlflow", "7", default_uri="sqlite:////work/mlflow.db")
+    assert postgres.command == "mlflow ui --backend-store-uri postgresql://me:***@db:5432/mlflow"
+
+
+def test_ui_hint_on_a_tracking_server_links_to_it_without_credentials() -> None:
+    assert ui_hint("http://me:secret@mlflow.example:8080/", "7", "") == UiHint(
+        None, f"http://mlflow.example:8080/{RUNS_VIEW}"
+    )
+    assert ui_hint("https://example.org/mlflow", "7", "").link == f"https://example.org/mlflow/{RUNS_VIEW}"

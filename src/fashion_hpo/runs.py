@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import path_to_local_sqlite_uri
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial
 
@@ -16,6 +20,14 @@ from fashion_hpo.constants import INTERRUPTED, STUDY_TAG
 from fashion_hpo.settings import RunSettings, UsageError, redact_url
 from fashion_hpo.storage import sqlite_file_lock
 from fashion_hpo.tracking import trial_run_id
+
+# The documented marker of a model-training (not GenAI) experiment in MLflow 3's UI (ExperimentKindUtils.ts).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
+# Where `mlflow ui` listens by default, and the query that opens its runs table in the Model training workflow
+# (MLflow 3's UI otherwise opens an experiment on its GenAI overview, where no run is shown).
+MLFLOW_UI_URL = "http://127.0.0.1:5000"
+RUNS_VIEW = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def end_stale_runs(trial: FrozenTrial) -> None:
@@ -72,6 +84,9 @@ def check_tracking_store() -> None:
     try:
         probe_store(uri)
     except Exception as err:
+        refused = credentials_refused(err, uri, "read its experiments")
+        if refused is not None:
+            raise refused from None  # a login problem, not a network one: no retry can fix it
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise UsageError(
             "MLFLOW_TRACKING_URI", f"cannot reach the tracking store {redact_url(uri)}: {reason}"
@@ -79,6 +94,27 @@ def check_tracking_store() -> None:
     finally:
         for name in added:
             os.environ.pop(name, None)
+
+
+# How MlflowException names a server's HTTP 401 and 403 answers (mlflow.protos.databricks_pb2 error codes).
+REFUSALS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+
+
+def credentials_refused(err: Exception, uri: str, action: str) -> UsageError | None:
+    """A tracking server's 401 or 403 as one line naming the variables that carry the credentials; None for
+    any other error. `action` says what was refused (for a 403)."""
+    status = REFUSALS.get(str(getattr(err, "error_code", "")))
+    if status is None:
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    server = f"the tracking server {redact_url(uri)}"
+    if status == 403:
+        reason = f"{server} does not let user {user!r} {action} (HTTP 403): ask its admin for that permission"
+    elif user:
+        reason = f"{server} rejected user {user!r} (HTTP 401): check it and MLFLOW_TRACKING_PASSWORD"
+    else:
+        reason = f"{server} requires a login (HTTP 401): set it and MLFLOW_TRACKING_PASSWORD"
+    return UsageError("MLFLOW_TRACKING_USERNAME", reason)
 
 
 def probe_store(uri: str) -> None:
@@ -100,13 +136,20 @@ def parent_run(settings: RunSettings, run_name: str | None = None) -> Iterator[s
     """The invocation's run (under `mlflow run`, the project's own run), ended with the right status.
 
     A worker started by `--workers` nests its run under the run of the command that started it."""
-    choose_experiment(settings.study_name)
-    run = mlflow.start_run(
-        run_name=run_name or settings.run_name or settings.study_name,
-        parent_run_id=settings.parent_run_id or None,
-        tags={STUDY_TAG: settings.study_name},
-    )
     try:
+        choose_experiment(settings.study_name)
+        run = mlflow.start_run(
+            run_name=run_name or settings.run_name or settings.study_name,
+            parent_run_id=settings.parent_run_id or None,
+            tags={STUDY_TAG: settings.study_name},
+        )
+    except MlflowException as err:
+        refused = credentials_refused(err, mlflow.get_tracking_uri(), "log runs to the study's experiment")
+        if refused is None:
+            raise
+        raise refused from None
+    try:
+        MlflowClient().set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, CUSTOM_MODEL_DEVELOPMENT)
         # `mlflow run` already logged the entry point's parameters; MLflow forbids changing a param.
         logged = run.data.params
         mlflow.log_params({k: v for k, v in settings.loggable().items() if k not in logged})
@@ -119,3 +162,32 @@ def parent_run(settings: RunSettings, run_name: str | None = None) -> Iterator[s
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+@dataclass(frozen=True)
+class UiHint:
+    """How to see an experiment's runs: the `mlflow ui` command to start first (None for a tracking server),
+    then the link that opens the runs table."""
+
+    command: str | None
+    link: str
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, default_uri: str) -> UiHint:
+    """The link to `experiment_id`'s runs view on the tracking server, or on `mlflow ui` started with the store;
+    `--backend-store-uri` only when the store is not `default_uri`, the one `mlflow ui` opens by itself."""
+    view = RUNS_VIEW.format(experiment_id=experiment_id)
+    parts = urlsplit(tracking_uri)
+    if parts.scheme in ("http", "https"):
+        # The browser asks for credentials itself; a link must not carry them.
+        server = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
+        return UiHint(None, f"{server.rstrip('/')}/{view}")
+    command = "mlflow ui"
+    if tracking_uri != default_uri:
+        command += f" --backend-store-uri {redact_url(tracking_uri)}"
+    return UiHint(command, f"{MLFLOW_UI_URL}/{view}")
+
+
+def local_default_uri() -> str:
+    """The store `mlflow ui` opens when started here without options: ./mlflow.db (MLflow 3's default)."""
+    return path_to_local_sqlite_uri(os.path.abspath("mlflow.db"))
