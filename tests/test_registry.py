@@ -14,9 +14,13 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from fashion_hpo import serving
+from fashion_hpo.artifacts import log_test_results, refit_inputs
 from fashion_hpo.constants import CLASS_NAMES
+from fashion_hpo.data import FashionData
 from fashion_hpo.models import MLPConfig, build_model
 from fashion_hpo.registry import ModelCard, find_version, flavor_kwargs, log_model, promote, register
+from fashion_hpo.settings import RunSettings
+from fashion_hpo.training import Evaluation
 
 NAME = "fashion-mnist-classifier"
 
@@ -59,6 +63,23 @@ def test_version_records_its_lineage_and_is_found_again(tracking_uri: str) -> No
     card = ModelCard("s", 7, "mlp", 0.5, math.nan)
     assert str(find_version(NAME, card).version) == "1"
     assert find_version(NAME, ModelCard("s", 8, "mlp", 0.5, math.nan)) is None
+
+
+def test_the_logged_model_carries_its_test_metrics_measured_on_the_test_set(
+    tracking_uri: str, tiny_data: FashionData
+) -> None:
+    training, test = refit_inputs(tiny_data, RunSettings(study_name="s"))
+    model = build_model(MLPConfig(hidden_units=(8,), dropouts=(0.0,)))
+    confusion = torch.eye(10, dtype=torch.long) * 10
+    with mlflow.start_run():
+        info = log_model(model, np.random.rand(2, 1, 28, 28).astype(np.float32), ModelCard("s", 0, "mlp", 0.5, 0.75))
+        log_test_results(Evaluation(loss=0.7, accuracy=0.75), confusion, info.model_id, test.dataset)
+    metrics = {m.key: m for m in MlflowClient().get_logged_model(info.model_id).metrics}
+    assert (metrics["test_accuracy"].value, metrics["test_loss"].value) == (0.75, 0.7)
+    assert metrics["test_accuracy"].dataset_name == "fashion-mnist-test"
+    assert metrics["test_accuracy"].dataset_digest == test.dataset.digest
+    assert (test.context, training.context, training.dataset.name) == ("test", "training", "fashion-mnist-train-full")
+    assert test.dataset.source.to_json().endswith('t10k-images-idx3-ubyte"}')
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +12,11 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fashion_hpo.artifacts import log_study_summary
+from fashion_hpo.artifacts import Registered, description, log_inputs, log_plots, log_study_summary, search_inputs
 from fashion_hpo.constants import VAL_ACCURACY
 from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
+from fashion_hpo.pipeline import closing_link
 from fashion_hpo.runs import UiHint, parent_run, ui_hint
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
@@ -59,7 +62,8 @@ def run_tracked_study(tiny_data: FashionData, tmp_path: Path) -> tuple[RunSettin
         study.enqueue_trial(MLP_PARAMS)
     objective = make_objective(tiny_data, "mlp", EPOCHS, 0, report=report_then_fail_trial_two)
     with parent_run(settings) as run_id:
-        tracked, tracker = tracked_objective(objective, settings)
+        inputs = search_inputs(tiny_data, settings)
+        tracked, tracker = tracked_objective(objective, settings, functools.partial(log_inputs, inputs))
         run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=False)
         log_study_summary(study, trial_counts(study), best_trial(study))
     return settings, run_id
@@ -196,3 +200,84 @@ def test_ui_hint_on_a_tracking_server_links_to_it_without_credentials() -> None:
         None, f"http://mlflow.example:8080/{RUNS_VIEW}"
     )
     assert ui_hint("https://example.org/mlflow", "7", "").link == f"https://example.org/mlflow/{RUNS_VIEW}"
+
+
+def test_the_run_ends_with_the_link_to_its_runs_view_even_when_interrupted(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with mlflow.start_run() as run, pytest.raises(KeyboardInterrupt), closing_link(RunSettings(study_name="s")):
+        raise KeyboardInterrupt
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "Start MLflow's UI: mlflow ui",  # the store is ./mlflow.db of the working folder: mlflow ui's own default
+        f"Compare the trials: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs"
+        "?workflowType=machine_learning",
+    ]
+
+
+def test_a_worker_leaves_the_link_to_the_command_that_started_it(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with mlflow.start_run(), closing_link(RunSettings(study_name="s", parent_run_id="0" * 32)):
+        pass
+    assert capsys.readouterr().out == ""
+
+
+def test_trials_and_parent_carry_the_splits_as_dataset_inputs(tracked_study: tuple[RunSettings, str]) -> None:
+    for run in children_of(tracked_study[1]):
+        inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["fashion-mnist-train", "fashion-mnist-validation"]
+        contexts = {name: [t.value for t in i.tags if t.key == "mlflow.data.context"] for name, i in inputs.items()}
+        assert contexts == {"fashion-mnist-train": ["training"], "fashion-mnist-validation": ["validation"]}
+        train = inputs["fashion-mnist-train"].dataset
+        assert train.digest and train.source.endswith('train-images-idx3-ubyte"}')
+        assert '"features_shape": [300, 1, 28, 28]' in train.profile
+
+
+def test_study_names_its_objective(tracked_study: tuple[RunSettings, str]) -> None:
+    settings = tracked_study[0]
+    assert optuna.load_study(study_name=settings.study_name, storage=settings.storage).metric_names == [VAL_ACCURACY]
+
+
+def test_each_plot_has_an_interactive_html_twin(tracked_study: tuple[RunSettings, str]) -> None:
+    plots = {a.path for a in MlflowClient().list_artifacts(tracked_study[1], "plots")}
+    pngs = {path for path in plots if path.endswith(".png")}
+    assert pngs and {path.replace(".png", ".html") for path in pngs} <= plots
+
+
+@pytest.mark.slow  # ~10 s: 40 trials' importances and plots
+def test_plots_of_many_trials_save_without_a_tight_layout_warning(tracking_uri: str) -> None:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+
+    def objective(trial: optuna.Trial) -> float:
+        value = trial.suggest_float("x", 0, 1)
+        for step in (1, 2):
+            trial.report(value * step, step)
+        return value
+
+    study.optimize(objective, n_trials=40)  # intermediate values: a legend of 40 trials, taller than the figure
+    with mlflow.start_run(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log_plots(study, n_complete=40)
+    assert not [w for w in caught if "Tight layout not applied" in str(w.message)]
+
+
+def test_description_tells_a_reviewer_what_the_study_found() -> None:
+    best = optuna.trial.create_trial(
+        params={"lr": 0.000123456, "optimizer": "Adam"},
+        distributions={
+            "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+            "optimizer": optuna.distributions.CategoricalDistribution(["Adam", "SGD"]),
+        },
+        value=0.9012,
+    )
+    counts = {"finished": 5, "complete": 3, "pruned": 1, "failed": 1}
+    registered = Registered("models:/fashion-mnist-classifier/4", "champion", 0.8899)
+    text = description("s", counts, best, registered, plots=True)
+    assert "5 trials finished: 3 complete, 1 pruned (status KILLED), 1 failed" in text
+    assert f"**Best trial #{best.number}**: val_accuracy 0.9012" in text
+    assert "| lr | 0.0001235 |" in text and "| optimizer | Adam |" in text
+    assert "**Test accuracy** of the refit best model: 0.8899" in text
+    assert "`models:/fashion-mnist-classifier/4` (alias: champion)" in text
+    assert "`plots/`" in text
+    assert "plots/" not in description("s", counts, None, None, plots=False)

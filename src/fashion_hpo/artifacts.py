@@ -1,11 +1,13 @@
 """What a study leaves on its parent run besides trials: counts, the best trial, trials.csv, Optuna's plots, and
-the final model's test results with its confusion matrix."""
+the final model's test results with its confusion matrix; the datasets it used, and its description."""
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import matplotlib
@@ -16,6 +18,10 @@ import matplotlib.pyplot as plt
 import mlflow
 import optuna
 import torch
+from mlflow.data.dataset import Dataset
+from mlflow.data.numpy_dataset import from_numpy
+from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # defined at import
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from optuna.trial import FrozenTrial
 
 from fashion_hpo.constants import (
@@ -25,9 +31,57 @@ from fashion_hpo.constants import (
     TEST_ACCURACY,
     TEST_LOSS,
 )
+from fashion_hpo.data import RAW_FILES, FashionData, Split, raw_dir
+from fashion_hpo.settings import RunSettings
 from fashion_hpo.training import Evaluation
 
 log = logging.getLogger(__name__)
+
+# MLflow's dataset contexts (the input tag mlflow.data.context) for what a run trains on, selects on, tests on.
+TRAINING, VALIDATION, TEST = "training", "validation", "test"
+TRAIN_IMAGES, TEST_IMAGES = RAW_FILES[0], RAW_FILES[2]
+
+
+@dataclass(frozen=True)
+class SplitInput:
+    """A split as an MLflow dataset input of a run: the dataset (name, digest, source, profile) and its context."""
+
+    dataset: Dataset
+    context: str
+
+
+def split_input(split: Split, name: str, source: Path, context: str) -> SplitInput:
+    """MLflow's numpy dataset of a split (it computes the digest and profile), sourced at the raw IDX file."""
+    dataset = from_numpy(
+        split.images.cpu().numpy(),
+        source=LocalArtifactDatasetSource(str(source.resolve())),
+        targets=split.labels.cpu().numpy(),
+        name=name,
+    )
+    return SplitInput(dataset, context)
+
+
+def search_inputs(data: FashionData, settings: RunSettings) -> list[SplitInput]:
+    """What the trials train on (the first --max-train-samples of the train split) and are selected on."""
+    source = raw_dir(settings.data_dir) / TRAIN_IMAGES
+    return [
+        split_input(data.train.head(settings.max_train_samples), "fashion-mnist-train", source, TRAINING),
+        split_input(data.val, "fashion-mnist-validation", source, VALIDATION),
+    ]
+
+
+def refit_inputs(data: FashionData, settings: RunSettings) -> tuple[SplitInput, SplitInput]:
+    """What the best configuration is refit on (all 60,000 training images) and tested on, once."""
+    folder = raw_dir(settings.data_dir)
+    return (
+        split_input(data.full_train, "fashion-mnist-train-full", folder / TRAIN_IMAGES, TRAINING),
+        split_input(data.test, "fashion-mnist-test", folder / TEST_IMAGES, TEST),
+    )
+
+
+def log_inputs(inputs: Sequence[SplitInput]) -> None:
+    """Log the splits as dataset inputs of the active run (the runs table's Dataset column and filter)."""
+    mlflow.log_inputs([i.dataset for i in inputs], contexts=[i.context for i in inputs], tags_list=[None] * len(inputs))
 
 
 def log_study_summary(
@@ -55,7 +109,9 @@ def try_artifact(name: str, write: Callable[[], object]) -> None:
 
 
 def log_plots(study: optuna.Study, n_complete: int) -> None:
-    """Optuna's plots as PNG artifacts; a plot that fails is a warning, never a failed study."""
+    """Optuna's plots as PNG artifacts and as interactive Plotly HTML; a plot that fails is a warning, never a failed
+    study."""
+    import optuna.visualization
     from optuna.visualization import matplotlib as ovm
 
     plots: dict[str, Callable[[optuna.Study], Any]] = {
@@ -74,7 +130,13 @@ def log_plots(study: optuna.Study, n_complete: int) -> None:
             warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)
             warnings.filterwarnings("ignore", "Attempting to set identical low and high ylims", UserWarning)
             try:
-                log_figure(plot(study).figure, f"plots/{name}.png")
+                figure = plot(study).figure
+                # Optuna lays its figures out with tight_layout, which cannot fit the legend of many trials and
+                # warns "Tight layout not applied" at every save; log_figure crops to the artists instead.
+                figure.set_layout_engine("none")
+                log_figure(figure, f"plots/{name}.png")
+                # The interactive twin of the same name (hover a trial), which MLflow's artifact viewer renders.
+                mlflow.log_figure(getattr(optuna.visualization, plot.__name__)(study), f"plots/{name}.html")
             except Exception as err:
                 log.warning("could not log plot %s: %s: %s", name, type(err).__name__, err)
 
@@ -82,26 +144,74 @@ def log_plots(study: optuna.Study, n_complete: int) -> None:
 def log_figure(figure: plt.Figure, path: str) -> None:
     """Save a matplotlib figure as an artifact of the active run and free it."""
     try:
-        figure.tight_layout()
-        mlflow.log_figure(figure, path)
+        mlflow.log_figure(figure, path, save_kwargs={"bbox_inches": "tight"})
     finally:
         plt.close(figure)
 
 
-def log_test_results(test: Evaluation, confusion: torch.Tensor) -> None:
-    """On the parent run: test loss and accuracy, per-class accuracy, and the confusion matrix as a PNG."""
+@dataclass(frozen=True)
+class Registered:
+    """Where the study's refit best model went: its version's URI, its alias, and its test accuracy (None when
+    that trial was registered before, so nothing was refit)."""
+
+    uri: str
+    alias: str
+    test_accuracy: float | None
+
+
+PLOTS_NOTE = (
+    "**Plots**: *Artifacts* → `plots/`: optimization history, parallel coordinates, learning curves "
+    "(intermediate values) and, once two trials completed, parameter importances; each as PNG and as interactive "
+    "HTML (hover a line to see its trial). The trials table: `trials.csv`."
+)
+
+
+def description(
+    study_name: str, counts: dict[str, int], best: FrozenTrial | None, registered: Registered | None, plots: bool
+) -> str:
+    """The study run's description in markdown, what a reviewer reads first: counts, the best trial and its params,
+    the test accuracy, the registered version and alias, where the plots are."""
+    lines = [
+        f"**Study `{study_name}`**: {counts['finished']} trials finished: {counts['complete']} complete, "
+        f"{counts['pruned']} pruned (status KILLED), {counts['failed']} failed."
+    ]
+    if best is not None:
+        lines += ["", f"**Best trial #{best.number}**: {OPTIMIZED_METRIC} {best.value:.4f}", "", "| param | value |"]
+        lines += ["|---|---|", *(f"| {name} | {short(value)} |" for name, value in best.params.items())]
+    if registered is not None:
+        tested = registered.test_accuracy is not None
+        test = f"**Test accuracy** of the refit best model: {registered.test_accuracy:.4f}; " if tested else ""
+        lines += ["", f"{test}registered as `{registered.uri}` (alias: {registered.alias})."]
+    if plots:
+        lines += ["", PLOTS_NOTE]
+    return "\n".join(lines)
+
+
+def short(value: object) -> str:
+    """A parameter's value for reading: floats to 4 significant digits (the exact ones are the run's params)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def log_description(text: str) -> None:
+    """Set the active run's description (shown on its page, and as the runs table's Description column)."""
+    mlflow.set_tag(MLFLOW_RUN_NOTE, text)
+
+
+def log_test_results(test: Evaluation, confusion: torch.Tensor, model_id: str, dataset: Dataset) -> None:
+    """On the parent run and its logged model `model_id` (the Models tab, the model version page), measured on
+    `dataset`: test loss and accuracy, per-class accuracy; and the confusion matrix as a PNG."""
     per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
     metrics = {TEST_ACCURACY: test.accuracy, TEST_LOSS: test.loss}
     metrics.update(
         {f"{CLASS_ACCURACY_PREFIX}/{n.replace('/', '_')}": a for n, a in zip(CLASS_NAMES, per_class, strict=True)}
     )
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
     log_figure(confusion_figure(confusion), "confusion_matrix.png")
 
 
 def confusion_figure(confusion: torch.Tensor) -> plt.Figure:
     """A labelled confusion-matrix heat map (rows: true class, columns: predicted)."""
-    figure, ax = plt.subplots(figsize=(8, 7))
+    figure, ax = plt.subplots(figsize=(8, 7), layout="constrained")
     ax.imshow(confusion.numpy(), cmap="Blues")
     ticks = range(len(CLASS_NAMES))
     ax.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import mlflow
@@ -14,15 +15,24 @@ import torch
 from mlflow.entities.model_registry import ModelVersion
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.artifacts import log_study_summary, log_test_results
+from fashion_hpo.artifacts import (
+    Registered,
+    description,
+    log_description,
+    log_inputs,
+    log_study_summary,
+    log_test_results,
+    refit_inputs,
+    search_inputs,
+)
 from fashion_hpo.constants import CHAMPION_ALIAS, EXCEPTION_MESSAGE, EXCEPTION_TYPE, OPTIMIZED_METRIC
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.objective import make_objective
 from fashion_hpo.registry import ModelCard, find_version, log_model, promote, register
-from fashion_hpo.runs import check_tracking_store, end_stale_runs, parent_run
+from fashion_hpo.runs import check_tracking_store, end_stale_runs, local_default_uri, parent_run, ui_hint
 from fashion_hpo.search_space import config_from_params
 from fashion_hpo.seeding import trial_seed
-from fashion_hpo.settings import REFIT_EPOCHS_FACTOR, RunSettings, redact_url
+from fashion_hpo.settings import REFIT_EPOCHS_FACTOR, RunSettings
 from fashion_hpo.storage import retry_stale_trial
 from fashion_hpo.study import best_trial, budget_left, load_existing_study, open_study, run_search, trial_counts
 from fashion_hpo.tracking import log_epoch, tracked_objective
@@ -75,12 +85,14 @@ def register_best(
         mlflow.set_tags({"registered_version": existing.version, "promotion": reason})
         return Registration(existing, ", ".join(existing.aliases) or "none", reason, None)
     splits = data()
+    training, test = refit_inputs(splits, settings)
+    log_inputs([training, test])
     epochs = refit_epochs(best, settings)
     mlflow.set_tag("refit_epochs", epochs)
     final = refit_and_test(splits, best, settings, epochs)
-    log_test_results(final.test, final.confusion)
     card = replace(card, test_accuracy=final.test.accuracy)
     info = log_model(final.model, splits.test.images[:4].cpu().numpy(), card)
+    log_test_results(final.test, final.confusion, info.model_id, test.dataset)
     version = register(info.model_uri, settings.registered_model_name, card, run_id)
     alias, reason = promote(version, final.test.accuracy, settings.promote)
     mlflow.set_tags({"registered_version": version.version, "alias": alias, "promotion": reason})
@@ -109,6 +121,38 @@ def print_summary(counts: dict[str, int], best: FrozenTrial | None, settings: Ru
         print(f"    {name}: {value}")
 
 
+def describe(
+    settings: RunSettings,
+    counts: dict[str, int],
+    best: FrozenTrial | None,
+    registration: Registration | None = None,
+    plots: bool = True,
+) -> None:
+    """The run's description: the study's counts and best trial, where its model went, where its plots are."""
+    registered = None
+    if registration is not None:
+        version, test = registration.version, registration.test
+        uri = f"models:/{version.name}/{version.version}"
+        registered = Registered(uri, registration.alias, test.accuracy if test is not None else None)
+    log_description(description(settings.study_name, counts, best, registered, plots))
+
+
+@contextmanager
+def closing_link(settings: RunSettings) -> Iterator[None]:
+    """When the block ends, however it ends, print where to compare the trials in MLflow's UI (a worker of
+    --workers leaves that to the command that started it)."""
+    run = mlflow.active_run()
+    experiment_id = run.info.experiment_id if run is not None else None
+    try:
+        yield
+    finally:
+        if experiment_id is not None and not settings.parent_run_id:
+            hint = ui_hint(mlflow.get_tracking_uri(), experiment_id, local_default_uri())
+            if hint.command is not None:
+                print(f"Start MLflow's UI: {hint.command}")
+            print(f"Compare the trials: {hint.link}")
+
+
 def first_error(study: optuna.Study) -> str:
     """The first failed trial's exception, as a clause for the closing message (empty if none failed)."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -125,6 +169,7 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     print_summary(counts, best, settings)
     # A worker of --workers leaves the study's table and plots (seconds of work each) to the run above it.
     log_study_summary(study, counts, best, artifacts=not settings.parent_run_id)
+    describe(settings, counts, best, plots=not settings.parent_run_id)
     return best
 
 
@@ -139,7 +184,9 @@ def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -
     objective = make_objective(
         data, settings.model, settings.epochs, settings.seed, settings.max_train_samples, log_epoch
     )
-    tracked, tracker = tracked_objective(objective, settings)
+    inputs = search_inputs(data, settings)
+    log_inputs(inputs)  # on the invocation's run; each trial's run gets them too
+    tracked, tracker = tracked_objective(objective, settings, functools.partial(log_inputs, inputs))
     if budget_left(study, settings.n_trials) <= 0:
         print(
             f"Study {settings.study_name!r} already has its --n-trials {settings.n_trials} trials; raise it for more."
@@ -161,7 +208,7 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
         data()  # before the study opens: a data problem is a usage error, with no trial and no run created
     study = open_study(settings, reclaim_stale_trial)
     try:
-        with parent_run(settings) as run_id:
+        with parent_run(settings) as run_id, closing_link(settings):
             try:
                 if in_workers:
                     search_in_workers(settings, run_id)
@@ -174,13 +221,13 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
             if best is None:
                 print(f"No trial completed, so no model was registered{first_error(study)}.", file=sys.stderr)
                 return 1
-            registration = register_best(data, best, settings, run_id) if settings.register else None
+            if settings.register:
+                registration = register_best(data, best, settings, run_id)
+                describe(settings, trial_counts(study), best, registration, plots=not settings.parent_run_id)
+                print_registration(registration)
     except WorkersFailed as failed:
         print(f"{failed}; the study's trials are kept: rerun the command to continue it.", file=sys.stderr)
         return 1
-    if registration is not None:
-        print_registration(registration)
-    print(f"Compare the trials: mlflow ui --backend-store-uri {redact_url(mlflow.get_tracking_uri())}")
     return 0
 
 
@@ -192,9 +239,10 @@ def run_register(settings: RunSettings, device: torch.device) -> int:
     if best is None:
         print(f"Study {settings.study_name!r} has no complete trial yet: nothing to register.", file=sys.stderr)
         return 1
-    with parent_run(settings, run_name=f"register-{settings.study_name}") as run_id:
+    with parent_run(settings, run_name=f"register-{settings.study_name}") as run_id, closing_link(settings):
         registration = register_best(
             lambda: load_data(settings.data_dir, settings.seed, device), best, settings, run_id
         )
-    print_registration(registration)
+        describe(settings, trial_counts(study), best, registration, plots=False)
+        print_registration(registration)
     return 0

@@ -121,6 +121,10 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
         raise storage_error(err, settings.storage) from None
     check_compatible(study, settings)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        # optuna-dashboard and Optuna's plots then name the objective instead of "Objective 0".
+        study.set_metric_names([OPTIMIZED_METRIC])
     if settings.baseline_trial:
         enqueue_baseline(study, settings.model)
     return study

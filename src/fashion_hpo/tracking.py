@@ -97,9 +97,13 @@ def running_trial(trial: optuna.Trial) -> FrozenTrial:
 
 
 def tracked_objective(
-    objective: Callable[[optuna.Trial], float], settings: RunSettings
+    objective: Callable[[optuna.Trial], float],
+    settings: RunSettings,
+    log_trial_inputs: Callable[[], None] | None = None,
 ) -> tuple[Callable[[optuna.Trial], float], TrialTracker]:
-    """The objective run inside a nested child run per trial, and the callback that closes those runs."""
+    """The objective run inside a nested child run per trial, and the callback that closes those runs.
+
+    `log_trial_inputs` logs the datasets a trial uses to its run, once per trial (not per epoch)."""
     tracker = TrialTracker()
 
     def run_trial(trial: optuna.Trial) -> float:
@@ -109,6 +113,8 @@ def tracked_objective(
             tags["retry_of_trial"] = str(retried)
         mlflow.set_tags(tags)
         mlflow.log_param("model", settings.model)
+        if log_trial_inputs is not None:
+            log_trial_inputs()
         try:
             return objective(trial)
         except optuna.TrialPruned:
