@@ -4,12 +4,21 @@ settings to flags that `--workers` uses to start its workers."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from fashion_hpo.constants import MODEL_KINDS, PROMOTE_CHOICES
-from fashion_hpo.settings import DEVICES, PRUNERS, REFIT_EPOCHS_FACTOR, SAMPLERS, RunSettings
+from fashion_hpo.settings import (
+    DEVICES,
+    PRUNERS,
+    REFIT_EPOCHS_FACTOR,
+    SAMPLERS,
+    STORAGE_ENV,
+    RunSettings,
+    storage_from_environment,
+)
 
 DEFAULTS = RunSettings()
 
@@ -63,8 +72,9 @@ def flag_specs() -> dict[str, dict[str, Any]]:
             default="", help="Optuna study and MLflow experiment name (default: fashion-mnist-<model>)"
         ),
         "--storage": dict(
-            default=DEFAULTS.storage,
-            help="Optuna storage URL; an existing study of that name is continued (default: %(default)s)",
+            default="",
+            help=f"Optuna storage URL; an existing study of that name is continued (default: ${STORAGE_ENV}, "
+            f"else {DEFAULTS.storage}; the variable keeps a password off the command line)",
         ),
         "--max-train-samples": dict(
             type=count(0),
@@ -134,12 +144,16 @@ REGISTER_FLAGS = (
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """The run settings named by the parsed flags (defaults for flags the command does not take)."""
-    return RunSettings(**{f.name: getattr(args, f.name) for f in fields(RunSettings) if hasattr(args, f.name)})
+    values = {f.name: getattr(args, f.name) for f in fields(RunSettings) if hasattr(args, f.name)}
+    values["storage"] = values.get("storage") or storage_from_environment()  # MLproject passes '' for none
+    return RunSettings(**values)
 
 
 def study_argv(settings: RunSettings) -> list[str]:
     """The `fashion-hpo study` flags that reproduce these settings (how --workers starts its workers)."""
     argv = [item for flag in flag_specs() for item in (flag, str(getattr(settings, flag[2:].replace("-", "_"))))]
+    if settings.storage == os.environ.get(STORAGE_ENV):
+        argv[argv.index("--storage") + 1] = ""  # the workers inherit the variable: no password on their command line
     switches = {"--no-register": settings.register, "--no-progress-bar": settings.progress_bar}
     switches["--no-baseline-trial"] = settings.baseline_trial
     return argv + [flag for flag, on in switches.items() if not on]

@@ -20,6 +20,10 @@ PRUNERS = ("median", "hyperband", "successive-halving", "none")
 SAMPLERS = ("tpe", "random", "qmc")
 DEVICES = ("auto", "cpu", "cuda")
 STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+# The storage URL when --storage is not given: keeps a database password off command lines, where `mlflow run`
+# would log it as a parameter and `ps` would show it.
+STORAGE_ENV = "FASHION_HPO_STORAGE"
 # Trials train short so that more configurations fit the budget; the one refit can afford a longer schedule.
 REFIT_EPOCHS_FACTOR = 2
 
@@ -46,7 +50,7 @@ class RunSettings:
     sampler: str = "tpe"
     seed: int = 42
     study_name: str = ""
-    storage: str = "sqlite:///optuna.db"
+    storage: str = DEFAULT_STORAGE
     max_train_samples: int = 0
     device: str = "auto"
     data_dir: Path = field(default_factory=lambda: Path("data"))
@@ -91,21 +95,31 @@ def sqlite_file(url: str) -> str | None:
     return database if database and database != ":memory:" else None
 
 
-def check_storage(url: str) -> None:
-    """Reject storage URLs that SQLAlchemy cannot parse or whose database kind Optuna cannot use."""
+def check_storage(url: str, source: str = "--storage") -> None:
+    """Reject storage URLs that SQLAlchemy cannot parse or whose database kind Optuna cannot use; `source` names
+    where the URL came from."""
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise UsageError("--storage", f"not a database URL: {redact_url(url)!r} (e.g. sqlite:///optuna.db)") from None
+        raise UsageError(source, f"not a database URL: {redact_url(url)!r} (e.g. {DEFAULT_STORAGE})") from None
     if parsed.get_backend_name() not in STORAGE_DIALECTS:
         raise UsageError(
-            "--storage",
+            source,
             f"unsupported database {parsed.get_backend_name()!r}; use one of {', '.join(STORAGE_DIALECTS)}",
         )
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         folder = Path(parsed.database).resolve().parent
         if not folder.is_dir():
-            raise UsageError("--storage", f"folder {folder} for the SQLite file does not exist")
+            raise UsageError(source, f"folder {folder} for the SQLite file does not exist")
+
+
+def storage_from_environment() -> str:
+    """The storage URL when --storage is not given: $FASHION_HPO_STORAGE, checked like the flag, else the default."""
+    url = os.environ.get(STORAGE_ENV, "")
+    if not url:
+        return DEFAULT_STORAGE
+    check_storage(url, STORAGE_ENV)
+    return url
 
 
 def check_data_dir(path: Path) -> None:
