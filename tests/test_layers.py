@@ -12,7 +12,7 @@ LAYERS = (
     ("cli", "__main__"),
     ("pipeline",),
     ("study", "workers", "runs", "tracking", "artifacts", "registry", "predict"),
-    ("objective", "training", "search_space", "storage", "serving"),
+    ("objective", "training", "search_space", "storage", "serving", "integrity"),
     ("models", "data", "settings", "flags", "process", "seeding", "constants"),
 )
 # Imports inside one layer that the docstring allows, as (importer, imported).

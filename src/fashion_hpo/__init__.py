@@ -6,7 +6,7 @@ Layers, each importing only from the layers below it (tests/test_layers.py check
 2. orchestration:  pipeline
 3. stages:         study, workers, runs, tracking, artifacts, registry, predict
                    (within the layer: workers -> runs -> tracking)
-4. units:          objective, training, search_space, storage, serving
+4. units:          objective, training, search_space, storage, serving, integrity
                    (within the layer: objective -> training, search_space)
 5. foundations:    models, data, settings, flags, process, seeding, constants
                    (within the layer: flags -> settings -> constants)

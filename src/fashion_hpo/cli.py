@@ -1,4 +1,4 @@
-"""Command line: `fashion-hpo study | register | predict`."""
+"""Command line: `fashion-hpo study | register | predict | verify`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,23 @@ def add_predict_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_verify_flags(parser: argparse.ArgumentParser) -> None:
+    """The `verify` flags."""
+    parser.add_argument(
+        "model_uri",
+        nargs="?",
+        default=f"models:/{DEFAULT_REGISTERED_MODEL_NAME}@{CHAMPION_ALIAS}",
+        metavar="MODEL",
+        help="models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the checked copy in this new folder, e.g. to serve it with `mlflow models serve -m FOLDER` "
+        "(default: check only)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `fashion-hpo` parser and its subcommands."""
     parser = OneLineParser(prog="fashion-hpo", description=__doc__)
@@ -83,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         if flag in REGISTER_FLAGS:
             register.add_argument(flag, **spec)
     add_predict_flags(commands.add_parser("predict", help="classify images with a registered model"))
+    add_verify_flags(
+        commands.add_parser("verify", help="check a registered model's files against the digests of its version")
+    )
     return parser
 
 
@@ -90,6 +110,8 @@ def run_command(args: argparse.Namespace) -> int:
     """Dispatch a parsed command line; user-fixable problems raise UsageError."""
     if args.command == "predict":
         return run_predict_command(args)
+    if args.command == "verify":
+        return run_verify_command(args)
     settings = settings_from_args(args)
     device = validate(settings)
     keep_freed_memory()
@@ -120,6 +142,18 @@ def run_predict_command(args: argparse.Namespace) -> int:
         raise UsageError("--model-uri", str(err)) from err
     except DataError as err:
         raise UsageError("--data-dir", str(err)) from err
+
+
+def run_verify_command(args: argparse.Namespace) -> int:
+    """`fashion-hpo verify`: a serving user's check before `mlflow models serve`."""
+    from fashion_hpo.predict import ModelLoadError, run_verify
+
+    if args.keep is not None and (args.keep.exists() or not args.keep.parent.is_dir()):
+        raise UsageError("--keep", f"{args.keep} must be a new folder in an existing one")
+    try:
+        return run_verify(args.model_uri, args.keep)
+    except ModelLoadError as err:
+        raise UsageError("MODEL", str(err)) from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,12 +37,19 @@ class Prediction:
         return f"{self.source}\t{self.class_name}\t{self.probability:.4f}"
 
 
-def load_model(model_uri: str) -> Any:
-    """The pyfunc model at `model_uri`, or ModelLoadError with MLflow's reason in one line."""
+def load_model(model_uri: str, scratch: Path) -> Any:
+    """The pyfunc model at `model_uri`, or ModelLoadError with the reason in one line. A registered version is
+    downloaded into `scratch` and checked against the digests recorded when it was registered, then loaded from
+    there (the files checked are the files loaded)."""
     import mlflow.pyfunc
 
+    from fashion_hpo.integrity import IntegrityError, download_verified, registered_version
+
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        version = registered_version(model_uri)
+        return mlflow.pyfunc.load_model(model_uri if version is None else str(download_verified(version, scratch)))
+    except IntegrityError as err:
+        raise ModelLoadError(f"refusing {model_uri!r}: {err}") from None
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"cannot load {model_uri!r}: {reason}") from None
@@ -118,8 +126,9 @@ def test_set_accuracy(model: Any, data_dir: Path, n: int) -> tuple[int, float]:
 
 def run_predict(model_uri: str, paths: list[Path], invert: str, as_json: bool) -> int:
     """The `predict IMAGE...` command; exit code 1 when any file could not be classified."""
-    model = load_model(model_uri)
-    predictions, errors = classify_files(model, paths, invert)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = load_model(model_uri, Path(scratch))
+        predictions, errors = classify_files(model, paths, invert)
     print_predictions(predictions, as_json)
     for error in errors:
         print(error, file=sys.stderr)
@@ -128,7 +137,35 @@ def run_predict(model_uri: str, paths: list[Path], invert: str, as_json: bool) -
 
 def run_test_samples(model_uri: str, data_dir: Path, n: int) -> int:
     """The `predict --test-samples N` command: a quick check that the registered model works."""
-    model = load_model(model_uri)
-    count, accuracy = test_set_accuracy(model, data_dir, n)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = load_model(model_uri, Path(scratch))
+        count, accuracy = test_set_accuracy(model, data_dir, n)
     print(f"{model_uri}: accuracy {accuracy:.4f} on {count} test images ({len(CLASS_NAMES)} classes)")
+    return 0
+
+
+def run_verify(model_uri: str, keep: Path | None) -> int:
+    """The `verify` command: check a registered version's files against its recorded digests, optionally keeping
+    the checked copy in the new folder `keep` (to serve that copy rather than download the model again)."""
+    from fashion_hpo.integrity import FILES_TAG, WEIGHTS_TAG, IntegrityError, download_verified, registered_version
+
+    try:
+        version = registered_version(model_uri)
+    except Exception as err:
+        raise ModelLoadError(f"cannot resolve {model_uri!r}: {str(err).strip().splitlines()[0]}") from None
+    if version is None:
+        raise ModelLoadError(f"{model_uri!r} names no registered version (models:/NAME@ALIAS or models:/NAME/N)")
+    with tempfile.TemporaryDirectory(dir=keep.parent if keep else None) as scratch:
+        try:
+            folder = download_verified(version, Path(scratch))
+        except IntegrityError as err:
+            raise ModelLoadError(f"refusing {model_uri!r}: {err}") from None
+        if keep is not None:
+            folder.rename(keep)  # only once checked: a folder at --keep is always a verified copy
+    tags = version.tags
+    print(
+        f"{model_uri}: version {version.version} of {version.name!r} matches its recorded SHA-256 digests "
+        f"({WEIGHTS_TAG} {tags[WEIGHTS_TAG][:16]}..., {FILES_TAG} {tags[FILES_TAG][:16]}...)"
+        + (f"; checked copy in {keep}" if keep else "")
+    )
     return 0

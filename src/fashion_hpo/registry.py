@@ -22,6 +22,7 @@ from torch import nn
 import fashion_hpo
 from fashion_hpo import serving
 from fashion_hpo.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLASS_NAMES
+from fashion_hpo.integrity import logged_digests
 from fashion_hpo.models import IMAGE_SHAPE, N_CLASSES
 
 MODEL_ARTIFACT = "model"
@@ -103,8 +104,10 @@ def find_version(name: str, card: ModelCard) -> ModelVersion | None:
 
 
 def register(model_uri: str, name: str, card: ModelCard, run_id: str) -> ModelVersion:
-    """Register `model_uri` under `name`, with tags and a description that trace it back to its trial."""
-    version = mlflow.register_model(model_uri, name, tags={**card.tags(), "parent_run_id": run_id})
+    """Register `model_uri` under `name`, with tags that trace it back to its trial and record its files' digests
+    (checked before it is loaded), and a description."""
+    tags = {**card.tags(), "parent_run_id": run_id, **logged_digests(model_uri)}
+    version = mlflow.register_model(model_uri, name, tags=tags)
     description = (
         f"Best trial {card.trial_number} of study {card.study_name!r} ({card.model_kind}); "
         f"validation accuracy {card.val_accuracy:.4f}, test accuracy {card.test_accuracy:.4f}; "
