@@ -213,14 +213,17 @@ class TrackingServer:
         self.log = folder / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        """Start the server and wait until it answers."""
+    def command(self) -> list[str]:
+        """`mlflow server` on this port and stores."""
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--workers", "1", "--backend-store-uri", self.backend_store_uri]
-        command += ["--artifacts-destination", str(self.folder / "server-artifacts")]
+        return [*command, "--artifacts-destination", str(self.folder / "server-artifacts")]
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
-                command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(), cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         wait_until_answering(f"{self.url}/health", self.process, self.log)
 
