@@ -198,13 +198,14 @@ class Walk:
             self.page.get_by_role("gridcell").get_by_role("link", name=STUDY_NAME, exact=True).wait_for()
 
     def learning_curve(self, number: int) -> None:
-        """A complete trial's Model metrics tab charts val_accuracy with one point per epoch."""
+        """A complete trial's Model metrics tab, searched for `val_`, charts val_accuracy with one point per epoch."""
         with self.step("learning curve"):
             trial = self.page.get_by_role("link", name=f"trial-{number:04d}", exact=True)
             if not trial.is_visible():
                 self.page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
             trial.click()
             self.page.get_by_text("Model metrics", exact=True).click()
+            self.page.get_by_placeholder("Search metric charts").fill("val_")  # the curves, not the cost bars
             chart = self.page.get_by_test_id("experiment-view-compare-runs-card").filter(has_text="val_accuracy")
             chart.locator("path.point").first.wait_for()
             points = chart.locator("path.point").count()
