@@ -11,7 +11,7 @@ PACKAGE = Path(fashion_hpo.__file__).parent
 LAYERS = (
     ("cli", "__main__"),
     ("pipeline",),
-    ("study", "workers", "runs", "tracking", "artifacts", "registry", "predict"),
+    ("study", "workers", "runs", "reconcile", "tracking", "artifacts", "registry", "predict"),
     ("objective", "training", "search_space", "storage", "serving", "integrity"),
     ("models", "data", "settings", "flags", "process", "seeding", "constants"),
 )
@@ -20,6 +20,7 @@ WITHIN_LAYER = {
     ("__main__", "cli"),
     ("workers", "runs"),
     ("runs", "tracking"),
+    ("reconcile", "tracking"),
     ("objective", "training"),
     ("objective", "search_space"),
     ("flags", "settings"),

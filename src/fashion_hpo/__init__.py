@@ -4,8 +4,8 @@ Layers, each importing only from the layers below it (tests/test_layers.py check
 
 1. entry points:   cli (and __main__, which runs it)
 2. orchestration:  pipeline
-3. stages:         study, workers, runs, tracking, artifacts, registry, predict
-                   (within the layer: workers -> runs -> tracking)
+3. stages:         study, workers, runs, reconcile, tracking, artifacts, registry, predict
+                   (within the layer: workers -> runs -> tracking; reconcile -> tracking)
 4. units:          objective, training, search_space, storage, serving, integrity
                    (within the layer: objective -> training, search_space)
 5. foundations:    models, data, settings, flags, process, seeding, constants

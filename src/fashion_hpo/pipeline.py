@@ -28,6 +28,7 @@ from fashion_hpo.artifacts import (
 from fashion_hpo.constants import CHAMPION_ALIAS, EXCEPTION_MESSAGE, EXCEPTION_TYPE, OPTIMIZED_METRIC
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.objective import make_objective
+from fashion_hpo.reconcile import reconcile_runs
 from fashion_hpo.registry import ModelCard, find_version, log_model, promote, register
 from fashion_hpo.runs import check_tracking_store, end_stale_runs, local_default_uri, parent_run, ui_hint
 from fashion_hpo.search_space import config_from_params
@@ -165,6 +166,7 @@ def first_error(study: optuna.Study) -> str:
 
 def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     """Print and log the study's trial counts and best trial (also after an interrupt); returns the best."""
+    reconcile_runs(study, settings, active_run_id())
     counts, best = trial_counts(study), best_trial(study)
     print_summary(counts, best, settings)
     # A worker of --workers leaves the study's table and plots (seconds of work each) to the run above it.
@@ -173,10 +175,17 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     return best
 
 
-def reclaim_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+def reclaim_stale_trial(study: optuna.Study, trial: FrozenTrial, settings: RunSettings) -> None:
     """A trial whose worker died: end its runs FAILED, then queue its parameters again (at most twice)."""
     end_stale_runs(trial)
     retry_stale_trial(study, trial)
+    reconcile_runs(study, settings, active_run_id(), dead={trial.number})
+
+
+def active_run_id() -> str | None:
+    """The invocation's run while the study runs (Optuna reclaims before a trial's own run starts)."""
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
 
 
 def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -> None:
@@ -206,9 +215,10 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
     data = functools.cache(lambda: load_data(settings.data_dir, settings.seed, device))
     if not in_workers:
         data()  # before the study opens: a data problem is a usage error, with no trial and no run created
-    study = open_study(settings, reclaim_stale_trial)
+    study = open_study(settings, functools.partial(reclaim_stale_trial, settings=settings))
     try:
         with parent_run(settings) as run_id, closing_link(settings):
+            reconcile_runs(study, settings, run_id)  # what killed workers and tracking outages left behind
             try:
                 if in_workers:
                     search_in_workers(settings, run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -105,10 +106,26 @@ class BudgetedStorage(optuna.storages.RDBStorage):
             return super()._create_new_trial(study_id)
 
 
+def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> AbstractContextManager[None]:
+    """A lock per study that every worker on this database shares, held while a trial is counted and created."""
+    return named_lock(engine, f"fashion-hpo-trials-{study_id}")
+
+
+def study_lock(url: str, study_name: str, purpose: str) -> AbstractContextManager[None]:
+    """A lock named after a study and a purpose that every worker on the storage at `url` shares."""
+    return named_lock(lock_engine(url), f"fashion-hpo-{purpose}-{study_name}")
+
+
+@functools.cache
+def lock_engine(url: str) -> sqlalchemy.engine.Engine:
+    """An engine for named locks only: no pool, so no connection outlives the lock it held."""
+    return sqlalchemy.create_engine(engine_url(url), poolclass=sqlalchemy.pool.NullPool)
+
+
 @contextmanager
-def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> Iterator[None]:
-    """A lock per study that every worker on this database shares: PostgreSQL's and MySQL's named locks, else a file."""
-    key = zlib.crc32(f"fashion-hpo-trials-{study_id}".encode())
+def named_lock(engine: sqlalchemy.engine.Engine, name: str) -> Iterator[None]:
+    """A lock every process on this database shares: PostgreSQL's and MySQL's named locks, else a file (SQLite)."""
+    key = zlib.crc32(name.encode())
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})

@@ -7,11 +7,16 @@ its inside is listed in PRIVATE CONTRACT below, and tests/test_tracking.py fails
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import mlflow
 import optuna
+from mlflow.environment_variables import MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
@@ -40,6 +45,8 @@ from fashion_hpo.training import EpochResult
 
 # The callback ends every trial's run FINISHED; these statuses let the UI's status column tell them apart.
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+# The tag in which the callback records a run's trial number; every trial run carries it from its creation on.
+TRIAL_NUMBER_TAG = "number"
 
 
 def trial_run_id(trial: FrozenTrial) -> str | None:
@@ -128,7 +135,29 @@ def tracked_objective(
             trial.set_user_attr(EXCEPTION_MESSAGE, str(err)[:1000])
             raise
 
-    return tracker.track(run_trial), tracker
+    tracked = tracker.track(run_trial)
+
+    @functools.wraps(tracked)
+    def run_tagged_trial(trial: optuna.Trial) -> float:
+        # Tagged from its creation on, before the trial links to it: reconcile finds a run whose worker died between.
+        with run_context_tags({STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number)}):
+            return tracked(trial)
+
+    return run_tagged_trial, tracker
+
+
+@contextmanager
+def run_context_tags(tags: dict[str, str]) -> Iterator[None]:
+    """Tags that MLflow gives every run created meanwhile, through its MLFLOW_RUN_CONTEXT variable."""
+    before = MLFLOW_RUN_CONTEXT.get()
+    os.environ[MLFLOW_RUN_CONTEXT.name] = json.dumps({**json.loads(before or "{}"), **tags})
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MLFLOW_RUN_CONTEXT.name, None)
+        else:
+            os.environ[MLFLOW_RUN_CONTEXT.name] = before
 
 
 def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
