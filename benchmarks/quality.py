@@ -3,7 +3,8 @@
 Runs `mlflow run <repo> --env-manager local` (plus any `-P` overrides) with MLflow's and Optuna's databases in a
 temporary folder, so that the study starts empty, and reads the result back from the tracking store: trials, best
 validation accuracy, and the registered model's test accuracy.
-`--model cnn --timeout 1800` is the CNN study. Writes a JSON file (named after the model) next to this script.
+`--model cnn --timeout 1800` is the CNN study; `--max-params N` the same study under a parameter budget (accuracy
+against cost). Writes a JSON file (named after the model and the budget) next to this script.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def parse_args() -> argparse.Namespace:
-    """--quick, --model, --timeout, --data-dir, --output."""
+    """--quick, --model, --timeout, --max-params, --data-dir, --output."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch, refit 1 epoch)"
     )
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="search space (default: mlp)")
     parser.add_argument("--timeout", type=int, default=600, help="the study's budget in seconds (default: 600)")
+    parser.add_argument(
+        "--max-params", type=int, default=0, help="the study's --max-params constraint; 0 = none (default: 0)"
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
     parser.add_argument("--output", type=Path, help="JSON result file (default: quality_<model>.json beside it)")
     return parser.parse_args()
@@ -52,6 +56,8 @@ def run_project(folder: Path, params: dict[str, str]) -> float:
 def main() -> None:
     args = parse_args()
     params = {"model": args.model, "timeout": str(args.timeout), "data_dir": str(args.data_dir.resolve())}
+    if args.max_params:
+        params["max_params"] = str(args.max_params)
     if args.quick:
         params.update(n_trials="2", epochs="1", refit_epochs="1", max_train_samples="1000")
     with tempfile.TemporaryDirectory() as folder:
@@ -61,6 +67,7 @@ def main() -> None:
         client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.test_accuracy > 0")
         metrics, run_params, tags = runs[0].data.metrics, runs[0].data.params, runs[0].data.tags
+        version = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
     result = {
         "command": "mlflow run . --env-manager local " + " ".join(f"-P {k}={v}" for k, v in params.items()),
         "wall_s": wall,
@@ -69,10 +76,13 @@ def main() -> None:
         "best_val_accuracy": metrics["best_val_accuracy"],
         "test_accuracy": metrics["test_accuracy"],
         "refit_epochs": int(tags["refit_epochs"]),
+        "n_params": int(version.tags["n_params"]),
+        "latency_ms": float(version.tags["latency_ms"]),
         "best_params": {k[len("best_") :]: v for k, v in run_params.items() if k.startswith("best_")},
     }
     print(json.dumps(result, indent=2))
-    (args.output or HERE / f"quality_{args.model}.json").write_text(json.dumps(result, indent=2))
+    budget = f"_max_params_{args.max_params}" if args.max_params else ""
+    (args.output or HERE / f"quality_{args.model}{budget}.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

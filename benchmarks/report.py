@@ -91,8 +91,15 @@ def quality(r: dict) -> str:
         f"`{r['command'].split(' -P data_dir')[0]}`: {trials['finished']} trials ({trials['complete']} complete, "
         f"{trials['pruned']} pruned, {trials['failed']} failed) in {r['wall_s'] / 60:.0f} min; best trial "
         f"#{r['best_trial']} val {r['best_val_accuracy']:.4f}{refit}; registered model test accuracy "
-        f"**{r['test_accuracy']:.4f}**"
+        f"**{r['test_accuracy']:.4f}**" + cost(r)
     )
+
+
+def cost(r: dict) -> str:
+    """The registered model's size and CPU latency (older results lack them)."""
+    if "n_params" not in r:
+        return ""
+    return f", {r['n_params']:,} parameters, {r['latency_ms']:.3f} ms per image on the CPU"
 
 
 # (benchmark, script, how its JSON becomes a cell, goal)
@@ -104,6 +111,7 @@ ROWS: list[tuple[str, str, Callable[[dict], str], str]] = [
     ("CNN speed-ups", "cnn_speedups.py", cnn_speedups, "keep what wins, compile time included"),
     ("5 quality, MLP 600 s", "quality.py", quality, "≥ 0.895 (benchmark MLP 256-128-100: 0.8833)"),
     ("5 quality, CNN 30 min", "quality.py --model cnn --timeout 1800", quality, "≥ 0.93"),
+    ("accuracy vs cost, MLP ≤ 100k params", "quality.py --max-params 100000", quality, "next to the 5 MLP row"),
     ("`--workers 2` vs 1", "workers_ratio.py", workers_ratio, "≥ 1.6x"),
 ]
 
@@ -112,7 +120,9 @@ def json_name(command: str) -> str:
     """The JSON file a benchmark command writes (quality.py: one per model)."""
     script, *flags = command.split()
     if script == "quality.py":
-        return f"quality_{flags[flags.index('--model') + 1] if '--model' in flags else 'mlp'}.json"
+        model = flags[flags.index("--model") + 1] if "--model" in flags else "mlp"
+        budget = f"_max_params_{flags[flags.index('--max-params') + 1]}" if "--max-params" in flags else ""
+        return f"quality_{model}{budget}.json"
     return script.replace(".py", ".json")
 
 

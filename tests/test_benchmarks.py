@@ -115,6 +115,7 @@ def test_quality_quick_run_reads_the_registered_models_test_accuracy(real_data_d
     assert report["trials"]["finished"] == 2 and report["command"].startswith("mlflow run . --env-manager local")
     assert 0.3 < report["test_accuracy"] <= 1 and report["best_params"]
     assert report["refit_epochs"] == 1, "as --quick asked"
+    assert report["n_params"] > 0 and report["latency_ms"] > 0, "the registered model's costs"
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import matplotlib
 
@@ -33,6 +33,7 @@ from fashion_hpo.constants import (
 )
 from fashion_hpo.data import RAW_FILES, FashionData, Split, raw_dir
 from fashion_hpo.settings import RunSettings
+from fashion_hpo.study import trial_accuracy
 from fashion_hpo.training import Evaluation
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def log_study_summary(
     """On the parent run: trial counts, the best trial, and (with `artifacts`) the trials table and Optuna's plots."""
     mlflow.log_metrics({f"trials_{state}": float(n) for state, n in counts.items()})
     if best is not None:
-        best_value = cast(float, best.value)  # a complete trial has its value
+        best_value = trial_accuracy(best)
         mlflow.log_metrics({"best_trial_number": float(best.number), f"best_{OPTIMIZED_METRIC}": best_value})
         mlflow.log_params({f"best_{name}": value for name, value in best.params.items()})
     if not artifacts:
@@ -114,31 +115,41 @@ def log_plots(study: optuna.Study, n_complete: int) -> None:
     import optuna.visualization
     from optuna.visualization import matplotlib as ovm
 
-    plots: dict[str, Callable[[optuna.Study], Any]] = {
-        "optimization_history": ovm.plot_optimization_history,
-        "parallel_coordinate": ovm.plot_parallel_coordinate,
-        "intermediate_values": ovm.plot_intermediate_values,
-    }
-    if n_complete >= 2:
-        plots["param_importances"] = ovm.plot_param_importances
+    plots = ["optimization_history", "parallel_coordinate", "intermediate_values"]
+    if len(study.directions) == 1:
+        plots += ["param_importances"] if n_complete >= 2 else []
+    else:  # the front is the story; importances of accuracy alone would hide the trade-off
+        plots += ["pareto_front"] if n_complete else []
     if n_complete == 0:
-        plots = {"intermediate_values": ovm.plot_intermediate_values}
-    for name, plot in plots.items():
+        plots = ["intermediate_values"]
+    for name in plots:
+        kwargs = plot_kwargs(study, name)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             # Importance estimates on few trials warn per parameter; the plot still says what it can.
             warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)
             warnings.filterwarnings("ignore", "Attempting to set identical low and high ylims", UserWarning)
             try:
-                figure = plot(study).figure
+                figure = getattr(ovm, f"plot_{name}")(study, **kwargs).figure
                 # Optuna lays its figures out with tight_layout, which cannot fit the legend of many trials and
                 # warns "Tight layout not applied" at every save; log_figure crops to the artists instead.
                 figure.set_layout_engine("none")
                 log_figure(figure, f"plots/{name}.png")
                 # The interactive twin of the same name (hover a trial), which MLflow's artifact viewer renders.
-                mlflow.log_figure(getattr(optuna.visualization, plot.__name__)(study), f"plots/{name}.html")
+                mlflow.log_figure(getattr(optuna.visualization, f"plot_{name}")(study, **kwargs), f"plots/{name}.html")
             except Exception as err:
                 log.warning("could not log plot %s: %s: %s", name, type(err).__name__, err)
+
+
+def plot_kwargs(study: optuna.Study, name: str) -> dict[str, Any]:
+    """How Optuna's plot `name` shows this study: a multi-objective study's plots follow validation accuracy, and
+    its Pareto front names its objectives."""
+    objectives = study.user_attrs.get("objectives", [OPTIMIZED_METRIC])
+    if len(study.directions) == 1 or name == "intermediate_values":
+        return {}
+    if name == "pareto_front":
+        return {"target_names": objectives}
+    return {"target": trial_accuracy, "target_name": OPTIMIZED_METRIC}
 
 
 def log_figure(figure: plt.Figure, path: str) -> None:
@@ -176,7 +187,8 @@ def description(
         f"{counts['pruned']} pruned (status KILLED), {counts['failed']} failed."
     ]
     if best is not None:
-        lines += ["", f"**Best trial #{best.number}**: {OPTIMIZED_METRIC} {best.value:.4f}", "", "| param | value |"]
+        headline = f"**Best trial #{best.number}**: {OPTIMIZED_METRIC} {trial_accuracy(best):.4f}"
+        lines += ["", headline, "", "| param | value |"]
         lines += ["|---|---|", *(f"| {name} | {short(value)} |" for name, value in best.params.items())]
     if registered is not None:
         tested = registered.test_accuracy is not None

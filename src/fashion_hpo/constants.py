@@ -12,6 +12,19 @@ EPOCH_SECONDS = "epoch_seconds"
 OPTIMIZED_METRIC = VAL_ACCURACY
 DIRECTION: Literal["maximize"] = "maximize"
 
+# Costs of a trained model, logged on its trial's child run (and recorded on a registered version).
+N_PARAMS = "n_params"
+FLOPS = "flops"
+LATENCY_MS = "latency_ms"
+# What `--objectives` may name, with the direction each is optimized in; the first objective is always the optimized
+# metric (validation accuracy), so a multi-objective study trades accuracy against one cost.
+OBJECTIVE_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    VAL_ACCURACY: "maximize",
+    LATENCY_MS: "minimize",
+    N_PARAMS: "minimize",
+    FLOPS: "minimize",
+}
+
 # Metrics of the final model, logged once on the parent run.
 TEST_ACCURACY = "test_accuracy"
 TEST_LOSS = "test_loss"

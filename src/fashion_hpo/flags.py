@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fashion_hpo.constants import MODEL_KINDS, PROMOTE_CHOICES
+from fashion_hpo.constants import LATENCY_MS, MODEL_KINDS, N_PARAMS, OPTIMIZED_METRIC, PROMOTE_CHOICES
 from fashion_hpo.settings import (
     DEVICES,
     PRUNERS,
@@ -23,7 +24,7 @@ from fashion_hpo.settings import (
 DEFAULTS = RunSettings()
 
 
-def count(minimum: int) -> type:
+def count(minimum: int) -> Callable[[str], int]:
     """An argparse type for integers of at least `minimum`."""
 
     def parse(text: str) -> int:
@@ -37,6 +38,17 @@ def count(minimum: int) -> type:
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type for finite numbers >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def flag_specs() -> dict[str, dict[str, Any]]:
@@ -126,6 +138,24 @@ def flag_specs() -> dict[str, dict[str, Any]]:
             help="if-better: the new model becomes @champion only if its test accuracy beats the current one, "
             "else @challenger; always: it becomes @champion (default: %(default)s)",
         ),
+        "--max-params": dict(
+            type=count(0),
+            default=DEFAULTS.max_params,
+            help="constraint: trainable parameters at most this; a larger configuration is pruned before it trains, "
+            "and only trials within it can be registered or become @champion; 0 = none (default: %(default)s)",
+        ),
+        "--max-latency-ms": dict(
+            type=non_negative_float,
+            default=DEFAULTS.max_latency_ms,
+            help="constraint: CPU milliseconds per image (batches of 256) at most this, measured on each trained "
+            "trial; only trials within it can be registered or become @champion; 0 = none (default: %(default)s)",
+        ),
+        "--objectives": dict(
+            default=DEFAULTS.objectives,
+            help=f"comma-separated, {OPTIMIZED_METRIC} first: one = maximize it; two (e.g. "
+            f"{OPTIMIZED_METRIC},{LATENCY_MS} or {OPTIMIZED_METRIC},{N_PARAMS}) = a multi-objective study whose Pareto "
+            "front is logged, pruning off (default: %(default)s)",
+        ),
     }
 
 
@@ -139,6 +169,8 @@ REGISTER_FLAGS = (
     "--data-dir",
     "--registered-model-name",
     "--promote",
+    "--max-params",
+    "--max-latency-ms",
 )
 
 

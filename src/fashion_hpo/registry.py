@@ -21,9 +21,10 @@ from torch import nn
 
 import fashion_hpo
 from fashion_hpo import serving
-from fashion_hpo.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLASS_NAMES
+from fashion_hpo.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLASS_NAMES, LATENCY_MS, N_PARAMS
 from fashion_hpo.integrity import logged_digests
 from fashion_hpo.models import IMAGE_SHAPE, N_CLASSES
+from fashion_hpo.settings import NO_LIMITS, CostLimits
 
 MODEL_ARTIFACT = "model"
 SIGNATURE = ModelSignature(
@@ -55,6 +56,8 @@ class ModelCard:
     val_accuracy: float
     test_accuracy: float
     params: dict[str, object] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)  # the trial's n_params, flops, latency_ms
+    constraints: str = "none"  # the limits it was chosen under (CostLimits.describe)
 
     def tags(self) -> dict[str, str]:
         """Version tags, as strings."""
@@ -64,7 +67,19 @@ class ModelCard:
             "model_kind": self.model_kind,
             "val_accuracy": f"{self.val_accuracy:.4f}",
             "test_accuracy": f"{self.test_accuracy:.4f}",
+            **{name: format_cost(name, value) for name, value in self.costs.items()},
+            "constraints": self.constraints,
         }
+
+
+def format_cost(name: str, value: float) -> str:
+    """A cost as a tag: counts as integers, milliseconds to 4 decimals."""
+    return f"{value:.4f}" if name == LATENCY_MS else str(int(value))
+
+
+def version_costs(version: ModelVersion) -> dict[str, float]:
+    """The constrained costs a registered version records (none for versions registered before costs existed)."""
+    return {name: float(version.tags[name]) for name in (N_PARAMS, LATENCY_MS) if name in version.tags}
 
 
 def pip_requirements() -> list[str]:
@@ -117,23 +132,32 @@ def register(model_uri: str, name: str, card: ModelCard, run_id: str) -> ModelVe
     return MlflowClient().get_model_version(name, version.version)
 
 
-def promote(version: ModelVersion, test_accuracy: float, policy: str) -> tuple[str, str]:
-    """Point `champion` at the version if it beats the current champion (a tie keeps the incumbent), else
-    `challenger`; returns the alias and the reason."""
+def promote(
+    version: ModelVersion, test_accuracy: float, policy: str, limits: CostLimits = NO_LIMITS
+) -> tuple[str, str]:
+    """Point `champion` at the version if it meets `limits` and beats the current champion's test accuracy (a tie
+    keeps the incumbent) or the champion does not meet `limits`; else `challenger`. Returns the alias and the reason,
+    which names the test that decided."""
     client = MlflowClient()
     try:
         champion = client.get_model_version_by_alias(version.name, CHAMPION_ALIAS)
     except MlflowException:
         champion = None
-    if champion is None or str(champion.version) == str(version.version):
+    if not limits.allows(version_costs(version)):
+        alias, reason = CHALLENGER_ALIAS, f"outside the constraints {limits.describe()}"
+    elif champion is None or str(champion.version) == str(version.version):
         alias, reason = CHAMPION_ALIAS, "first registered model" if champion is None else "already champion"
     elif policy == "always":
         alias, reason = CHAMPION_ALIAS, f"--promote always replaced version {champion.version}"
+    elif not limits.allows(version_costs(champion)):
+        alias = CHAMPION_ALIAS
+        reason = f"champion version {champion.version} is outside the constraints {limits.describe()}; this one is not"
     else:
         incumbent = float(champion.tags.get("test_accuracy", "-inf"))
         better = round(test_accuracy, 4) > incumbent  # tags hold 4 decimals: k/10,000 test images
         alias = CHAMPION_ALIAS if better else CHALLENGER_ALIAS
         comparison = "beats" if better else "does not beat"
         reason = f"test accuracy {test_accuracy:.4f} {comparison} champion version {champion.version} ({incumbent:.4f})"
+        reason += f", both within {limits.describe()}" if limits != NO_LIMITS else ""
     client.set_registered_model_alias(version.name, alias, version.version)
     return alias, reason

@@ -14,7 +14,13 @@ import sqlalchemy.exc
 if TYPE_CHECKING:
     import torch
 
-from fashion_hpo.constants import DEFAULT_REGISTERED_MODEL_NAME
+from fashion_hpo.constants import (
+    DEFAULT_REGISTERED_MODEL_NAME,
+    LATENCY_MS,
+    N_PARAMS,
+    OBJECTIVE_DIRECTIONS,
+    OPTIMIZED_METRIC,
+)
 
 PRUNERS = ("median", "hyperband", "successive-halving", "none")
 SAMPLERS = ("tpe", "random", "qmc")
@@ -35,6 +41,34 @@ class UsageError(ValueError):
         label = "environment variable" if flag.isupper() and "_" in flag else "argument"
         super().__init__(f"{label} {flag}: {message}")
         self.flag = flag
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """Deployment constraints (0 = none): at most `max_params` parameters, at most `max_latency_ms` per image."""
+
+    max_params: int = 0
+    max_latency_ms: float = 0.0
+
+    def excess(self, name: str, value: float) -> float | None:
+        """How far `value` of cost `name` exceeds its limit (<= 0: within it); None when that cost is unlimited."""
+        limit = {N_PARAMS: self.max_params, LATENCY_MS: self.max_latency_ms}.get(name, 0)
+        return value - limit if limit else None
+
+    def allows(self, costs: dict[str, float]) -> bool:
+        """Whether recorded costs (a trial's user attributes, a version's tags) are within every limit.
+
+        A cost that was never measured (a trial pruned before its latency was timed) is not held against it."""
+        return all((self.excess(name, float(value)) or 0.0) <= 0 for name, value in costs.items())
+
+    def describe(self) -> str:
+        """The limits as a short phrase, e.g. `n_params <= 100000, latency_ms <= 0.05`, or `none`."""
+        limits = [f"{N_PARAMS} <= {self.max_params}"] if self.max_params else []
+        limits += [f"{LATENCY_MS} <= {self.max_latency_ms:g}"] if self.max_latency_ms else []
+        return ", ".join(limits) or "none"
+
+
+NO_LIMITS = CostLimits()
 
 
 @dataclass(frozen=True)
@@ -65,6 +99,19 @@ class RunSettings:
     parent_run_id: str = ""
     progress_bar: bool = True
     baseline_trial: bool = True
+    max_params: int = 0
+    max_latency_ms: float = 0.0
+    objectives: str = OPTIMIZED_METRIC
+
+    @property
+    def limits(self) -> CostLimits:
+        """The deployment constraints these settings give."""
+        return CostLimits(self.max_params, self.max_latency_ms)
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        """The study's objectives in order (validation accuracy first), from the comma-separated setting."""
+        return tuple(name.strip() for name in self.objectives.split(","))
 
     def __post_init__(self) -> None:
         if not self.study_name:
@@ -85,6 +132,27 @@ def redact_url(url: str) -> str:
     userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+# How MlflowException names a server's HTTP 401 and 403 answers (mlflow.protos.databricks_pb2 error codes).
+REFUSALS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+
+
+def credentials_refused(err: Exception, uri: str, action: str) -> UsageError | None:
+    """A tracking server's 401 or 403 as one line naming the variables that carry the credentials; None for
+    any other error. `action` says what was refused (for a 403)."""
+    status = REFUSALS.get(str(getattr(err, "error_code", "")))
+    if status is None:
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    server = f"the tracking server {redact_url(uri)}"
+    if status == 403:
+        reason = f"{server} does not let user {user!r} {action} (HTTP 403): ask its admin for that permission"
+    elif user:
+        reason = f"{server} rejected user {user!r} (HTTP 401): check it and MLFLOW_TRACKING_PASSWORD"
+    else:
+        reason = f"{server} requires a login (HTTP 401): set it and MLFLOW_TRACKING_PASSWORD"
+    return UsageError("MLFLOW_TRACKING_USERNAME", reason)
 
 
 def sqlite_file(url: str) -> str | None:
@@ -166,10 +234,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_objectives(objectives: tuple[str, ...]) -> None:
+    """Objectives are known names, validation accuracy first, each once."""
+    unknown = [name for name in objectives if name not in OBJECTIVE_DIRECTIONS]
+    if unknown:
+        raise UsageError("--objectives", f"unknown {unknown[0]!r}; choose from {', '.join(OBJECTIVE_DIRECTIONS)}")
+    if objectives[0] != OPTIMIZED_METRIC or len(set(objectives)) != len(objectives):
+        raise UsageError(
+            "--objectives",
+            f"start with {OPTIMIZED_METRIC}, name each objective once (e.g. {OPTIMIZED_METRIC},latency_ms)",
+        )
+
+
 def validate(settings: RunSettings) -> torch.device:
     """Check what argument parsing cannot see; returns the device to train on."""
     device = resolve_device(settings.device)
     check_storage(settings.storage)
     check_scale_out(settings)
+    check_objectives(settings.objective_names)
     check_data_dir(settings.data_dir)  # last: it is the one check that may create something
     return device

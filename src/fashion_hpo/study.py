@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import sqlalchemy.exc
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.constants import BASELINE, DIRECTION, OPTIMIZED_METRIC
+from fashion_hpo.constants import BASELINE, LATENCY_MS, N_PARAMS, OBJECTIVE_DIRECTIONS
 from fashion_hpo.search_space import BASELINE_PARAMS
 from fashion_hpo.seeding import trial_seed
-from fashion_hpo.settings import PRUNERS, SAMPLERS, RunSettings, UsageError, redact_url
+from fashion_hpo.settings import NO_LIMITS, PRUNERS, SAMPLERS, CostLimits, RunSettings, UsageError, redact_url
 from fashion_hpo.storage import BudgetedStorage, StaleTrialCallback, StudyFull, budget_used, engine_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -98,7 +98,9 @@ def storage_error(err: Exception, url: str) -> UsageError:
             f"no database driver installed for {redact_url(url)} (PostgreSQL: pip install 'fashion-hpo[postgres]'; "
             "MySQL: pip install pymysql)",
         )
-    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    # Optuna's wrapper of the database's error says only "during the commit": the database's own error says why.
+    cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) and err.__cause__ else err
+    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
     return UsageError("--storage", f"cannot use {redact_url(url)}: {reason}")
 
 
@@ -106,6 +108,7 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
     """Create the study, or load it when it exists so that rerunning a command (or another worker) continues it.
 
     `on_stale` is called for each trial whose worker stopped sending heartbeats, after Optuna marked it FAIL."""
+    objectives = settings.objective_names
     try:
         storage = BudgetedStorage(
             settings.storage, settings.n_trials, settings.heartbeat_interval, settings.grace_period, on_stale
@@ -114,17 +117,18 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
             study_name=settings.study_name,
             storage=storage,
             sampler=TrialSeededSampler(settings.sampler, settings.seed),
-            pruner=make_pruner(settings.pruner, settings.epochs),
-            direction=DIRECTION,
+            # Optuna prunes single-objective studies only.
+            pruner=make_pruner(settings.pruner if len(objectives) == 1 else "none", settings.epochs),
+            directions=[OBJECTIVE_DIRECTIONS[name] for name in objectives],
             load_if_exists=True,
         )
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
         raise storage_error(err, settings.storage) from None
     check_compatible(study, settings)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         # optuna-dashboard and Optuna's plots then name the objective instead of "Objective 0".
-        study.set_metric_names([OPTIMIZED_METRIC])
+        study.set_metric_names(list(objectives))
     if settings.baseline_trial:
         enqueue_baseline(study, settings.model)
     return study
@@ -137,18 +141,19 @@ def enqueue_baseline(study: optuna.Study, kind: str) -> None:
 
 
 def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
-    """A continued study must optimize the same metric, in the same direction, over the same model kind."""
-    if (
-        study.direction.name.lower() != DIRECTION
-        or study.user_attrs.get("metric", OPTIMIZED_METRIC) != OPTIMIZED_METRIC
-    ):
+    """A continued study must optimize the same objectives, in the same directions, over the same model kind."""
+    # Studies made before --objectives existed recorded their one objective as `metric`; a study made now has neither.
+    stored = study.user_attrs.get("objectives") or [study.user_attrs.get("metric", "an unknown metric")]
+    names = list(settings.objective_names)
+    directions = [d.name.lower() for d in study.directions]
+    if directions != [OBJECTIVE_DIRECTIONS[name] for name in names] or stored not in (names, ["an unknown metric"]):
+        have = ", ".join(f"{d} {name}" for d, name in zip(directions, stored, strict=False))
+        want = ", ".join(f"{OBJECTIVE_DIRECTIONS[name]} {name}" for name in names)
         raise UsageError(
             "--study-name",
-            f"study {settings.study_name!r} exists with another objective ({study.direction.name.lower()} "
-            f"{study.user_attrs.get('metric', 'an unknown metric')}, not {DIRECTION} {OPTIMIZED_METRIC}); "
-            "choose another name",
+            f"study {settings.study_name!r} exists with another objective ({have}, not {want}); choose another name",
         )
-    study.set_user_attr("metric", OPTIMIZED_METRIC)
+    study.set_user_attr("objectives", list(settings.objective_names))
     kind = study.user_attrs.get("model")
     if kind is None:
         study.set_user_attr("model", settings.model)
@@ -163,7 +168,7 @@ def load_existing_study(settings: RunSettings) -> optuna.Study:
     """The study named in the settings, which must already exist in the storage."""
     try:
         return optuna.load_study(study_name=settings.study_name, storage=engine_url(settings.storage))
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
         raise storage_error(err, settings.storage) from None
     except KeyError:
         raise UsageError(
@@ -173,7 +178,7 @@ def load_existing_study(settings: RunSettings) -> optuna.Study:
 
 def run_search(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], float | Sequence[float]],
     settings: RunSettings,
     callbacks: Sequence[Callback] = (),
     show_progress_bar: bool = True,
@@ -235,7 +240,47 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return {"finished": sum(counts.values()), **counts}
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial, or None when no trial completed."""
+def trial_costs(trial: FrozenTrial) -> dict[str, float]:
+    """The costs recorded on a trial (parameters before training, latency after), by metric name."""
+    return {name: trial.user_attrs[name] for name in (N_PARAMS, LATENCY_MS) if name in trial.user_attrs}
+
+
+def trial_accuracy(trial: FrozenTrial) -> float:
+    """A complete trial's validation accuracy: its value, or its first value in a multi-objective study."""
+    return cast(list[float], trial.values)[0]
+
+
+def feasible_trials(study: optuna.Study, limits: CostLimits) -> list[FrozenTrial]:
+    """The complete trials whose recorded costs are within `limits`."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return study.best_trial if complete else None
+    return [t for t in complete if limits.allows(trial_costs(t))]
+
+
+def scores(study: optuna.Study, trial: FrozenTrial) -> list[float]:
+    """A trial's objective values turned so that larger is better on each."""
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    return [sign * value for sign, value in zip(signs, trial.values, strict=True)]
+
+
+def best_trial(study: optuna.Study, limits: CostLimits = NO_LIMITS) -> FrozenTrial | None:
+    """The most accurate complete trial within `limits` (in a multi-objective study, the Pareto front's most accurate
+    one: no trial is more accurate, and among equally accurate ones the cheapest); None when there is none."""
+    return max(feasible_trials(study, limits), key=lambda t: scores(study, t), default=None)
+
+
+def pareto_front(study: optuna.Study, limits: CostLimits = NO_LIMITS) -> list[FrozenTrial]:
+    """The complete trials within `limits` that no other such trial matches or beats on every objective and beats
+    on one; empty for a single-objective study, which has no trade-off to show."""
+    if len(study.directions) == 1:
+        return []
+    trials = feasible_trials(study, limits)
+    score = {t.number: scores(study, t) for t in trials}
+
+    def dominated(trial: FrozenTrial) -> bool:
+        mine = score[trial.number]
+        return any(
+            all(o >= m for o, m in zip(score[other.number], mine, strict=True)) and score[other.number] != mine
+            for other in trials
+        )
+
+    return [t for t in trials if not dominated(t)]
