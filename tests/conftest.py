@@ -185,7 +185,8 @@ def postgres_url() -> str:
 @pytest.fixture
 def new_database(postgres_url: str) -> Iterator[Callable[[], str]]:
     """Creates empty PostgreSQL databases on demand (one per store) and drops them after the test."""
-    admin = sqlalchemy.create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT")
+    # pool_pre_ping: a test may restart PostgreSQL, which kills the pooled connection that drops the databases.
+    admin = sqlalchemy.create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     created: list[str] = []
 
     def create() -> str:

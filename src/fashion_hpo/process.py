@@ -6,6 +6,7 @@ import ctypes
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -25,12 +26,35 @@ def signal_name(interrupt: KeyboardInterrupt) -> signal.Signals:
     return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
+def raised_from(err: BaseException, matches: Callable[[BaseException], bool]) -> bool:
+    """Whether `err`, or an error it was raised from or while handling, `matches`."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if matches(cause):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def connection_lost(err: BaseException) -> bool:
+    """Whether `err` comes from a lost HTTP connection: how MLflow reports a tracking server that stayed unreachable
+    through all its retries (refused, reset or timed out)."""
+    import requests  # deferred: `--help` and bad flags answer without loading MLflow's HTTP stack
+
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    return raised_from(err, lambda cause: isinstance(cause, lost))
+
+
 class DropInterruptTraceback(logging.Filter):
-    """Optuna logs a trial stopped by Ctrl-C with the traceback of the KeyboardInterrupt; the line is enough."""
+    """Optuna logs a trial stopped by Ctrl-C, or by a tracking server that went away, with the traceback of that
+    error; the line is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Keep the record, without the interrupt's traceback."""
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        """Keep the record, without the interrupt's or the lost connection's traceback."""
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, KeyboardInterrupt) or connection_lost(error)):
             record.exc_info, record.exc_text = None, None
         return True
 

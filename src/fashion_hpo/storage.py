@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import ParamSpec, TypeVar
 
 import filelock
 import optuna
@@ -15,6 +18,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.constants import INTERRUPTED
+from fashion_hpo.process import raised_from
 from fashion_hpo.settings import sqlite_file
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -74,6 +78,55 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+# How often a storage operation cut off by a database restart runs again, and the pause before each new attempt
+# (0.5 s doubling, at most 5 s): about a minute in all, where PostgreSQL's fast restart takes seconds.
+RECONNECT_ATTEMPTS = 15
+RECONNECT_MAX_PAUSE_S = 5.0
+
+
+def database_connection_lost(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, is the database dropping or refusing a connection (as in a
+    restart): SQLAlchemy's OperationalError, or a disconnect it detected; Optuna wraps them in StorageInternalError."""
+    return raised_from(
+        err,
+        lambda cause: (
+            isinstance(cause, sqlalchemy.exc.OperationalError)
+            or (isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated)
+        ),
+    )
+
+
+def reconnecting(operation: Callable[P, R]) -> Callable[P, R]:
+    """`operation` run again, up to RECONNECT_ATTEMPTS times, while the database drops or refuses connections.
+
+    Each storage operation is one transaction, and a transaction that a restart cut off was rolled back by the
+    server: running it again neither loses nor doubles a write. The engine's pool_pre_ping replaces the pooled
+    connections that the restart killed."""
+
+    @functools.wraps(operation)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+            try:
+                return operation(*args, **kwargs)
+            except Exception as err:
+                if attempt == RECONNECT_ATTEMPTS or not database_connection_lost(err):
+                    raise
+                pause = min(0.5 * 2 ** (attempt - 1), RECONNECT_MAX_PAUSE_S)
+                logging.getLogger(__name__).warning(
+                    "Lost the storage's database connection in %s (attempt %d of %d); retrying in %.1f s",
+                    operation.__name__,
+                    attempt,
+                    RECONNECT_ATTEMPTS,
+                    pause,
+                )
+                time.sleep(pause)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    return run
+
+
 class BudgetedStorage(optuna.storages.RDBStorage):
     """An RDB storage that refuses to create a trial beyond the study-wide `max_trials`.
 
@@ -84,17 +137,22 @@ class BudgetedStorage(optuna.storages.RDBStorage):
     def __init__(
         self, url: str, max_trials: int, heartbeat_interval: int, grace_period: int, on_stale: StaleTrialCallback | None
     ) -> None:
-        with warnings.catch_warnings():
+        # Workers started together on a new database would all create Optuna's tables at once, and PostgreSQL
+        # refuses the second CREATE TABLE of a name (a duplicate key in pg_type): one at a time creates them.
+        with warnings.catch_warnings(), named_lock(lock_engine(url), "fashion-hpo-create-tables"):
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             super().__init__(
                 engine_url(url),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=on_stale,
+                # A pooled connection that a database restart killed is replaced when next checked out.
+                engine_kwargs={"pool_pre_ping": True},
             )
         self.max_trials = max_trials
 
     # Optuna's cache in front of an RDBStorage calls this private method, not `create_new_trial`.
+    @reconnecting
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """Create a trial if the budget allows; a template (an enqueued retry) replaces a trial and always may."""
         if template_trial is not None:
@@ -104,6 +162,31 @@ class BudgetedStorage(optuna.storages.RDBStorage):
             if budget_used(trials) >= self.max_trials:
                 raise StudyFull(sum(t.state == TrialState.RUNNING for t in trials))
             return super()._create_new_trial(study_id)
+
+
+# The storage operations that a worker runs while its trials run, as Optuna's cache in front of the storage and
+# Optuna's heartbeat thread call them (private names included; tests/test_restarts.py fails when Optuna's cache
+# calls another): each is retried through a database restart. Opening a study is not, so that a wrong or
+# unreachable --storage fails at once.
+RECONNECTING = (
+    "_get_trials",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "record_heartbeat",
+    "get_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "set_trial_intermediate_value",
+    "set_trial_state_values",
+    "set_trial_system_attr",
+    "set_trial_user_attr",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "set_study_user_attr",
+)
+for _name in RECONNECTING:
+    setattr(BudgetedStorage, _name, reconnecting(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> AbstractContextManager[None]:
@@ -132,17 +215,29 @@ def named_lock(engine: sqlalchemy.engine.Engine, name: str) -> Iterator[None]:
             try:
                 yield
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                unlock_unless_disconnected(conn, sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     elif engine.dialect.name == "mysql":
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT GET_LOCK(:key, -1)"), {"key": str(key)})
             try:
                 yield
             finally:
-                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:key)"), {"key": str(key)})
+                unlock_unless_disconnected(conn, sqlalchemy.text("SELECT RELEASE_LOCK(:key)"), {"key": str(key)})
     else:
         with sqlite_file_lock(engine.url.render_as_string(hide_password=False)):
             yield
+
+
+def unlock_unless_disconnected(
+    conn: sqlalchemy.engine.Connection, unlock: sqlalchemy.TextClause, params: dict[str, object]
+) -> None:
+    """Release a named lock; on a connection the database dropped there is nothing to release (the server frees a
+    session's locks when it ends), and failing here would make `reconnecting` redo what the lock guarded."""
+    try:
+        conn.execute(unlock, params)
+    except sqlalchemy.exc.DBAPIError as err:
+        if not database_connection_lost(err):
+            raise
 
 
 def sqlite_file_lock(url: str) -> AbstractContextManager[object]:
