@@ -28,15 +28,25 @@ from fashion_hpo.artifacts import (
 from fashion_hpo.constants import CHAMPION_ALIAS, EXCEPTION_MESSAGE, EXCEPTION_TYPE, OPTIMIZED_METRIC
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.objective import make_objective
+from fashion_hpo.process import connection_lost
 from fashion_hpo.reconcile import reconcile_runs
 from fashion_hpo.registry import ModelCard, find_version, log_model, promote, register
-from fashion_hpo.runs import check_tracking_store, end_stale_runs, local_default_uri, parent_run, ui_hint
+from fashion_hpo.runs import (
+    check_tracking_store,
+    end_left_running,
+    end_stale_runs,
+    local_default_uri,
+    note_left_running,
+    parent_run,
+    tracking_lost,
+    ui_hint,
+)
 from fashion_hpo.search_space import config_from_params
 from fashion_hpo.seeding import trial_seed
 from fashion_hpo.settings import REFIT_EPOCHS_FACTOR, RunSettings
 from fashion_hpo.storage import retry_stale_trial
 from fashion_hpo.study import best_trial, budget_left, load_existing_study, open_study, run_search, trial_counts
-from fashion_hpo.tracking import log_epoch, tracked_objective
+from fashion_hpo.tracking import give_up_on_tracking, log_epoch, tracked_objective
 from fashion_hpo.training import Evaluation, build_and_fit, confusion_matrix, evaluate
 from fashion_hpo.workers import WorkersFailed, search_in_workers
 
@@ -139,6 +149,30 @@ def describe(
 
 
 @contextmanager
+def stop_on_tracking_outage() -> Iterator[None]:
+    """A tracking server lost through all of MLflow's retries ends the command with one line, no traceback."""
+    try:
+        yield
+    except Exception as err:
+        if not connection_lost(err):
+            raise
+        raise tracking_lost() from None
+
+
+@contextmanager
+def note_run_on_outage(study: optuna.Study, run_id: str) -> Iterator[None]:
+    """When the block loses the tracking server: MLflow's later requests fail at once (the invocation's run cannot
+    be ended now anyway), and the study notes the run for the next invocation to end."""
+    try:
+        yield
+    except BaseException as err:
+        if connection_lost(err):
+            give_up_on_tracking()
+            note_left_running(study, run_id)
+        raise
+
+
+@contextmanager
 def closing_link(settings: RunSettings) -> Iterator[None]:
     """When the block ends, however it ends, print where to compare the trials in MLflow's UI (a worker of
     --workers leaves that to the command that started it)."""
@@ -217,7 +251,13 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
         data()  # before the study opens: a data problem is a usage error, with no trial and no run created
     study = open_study(settings, functools.partial(reclaim_stale_trial, settings=settings))
     try:
-        with parent_run(settings) as run_id, closing_link(settings):
+        with (
+            stop_on_tracking_outage(),
+            parent_run(settings) as run_id,
+            note_run_on_outage(study, run_id),
+            closing_link(settings),
+        ):
+            end_left_running(study)  # what earlier invocations could not end when they lost the tracking server
             reconcile_runs(study, settings, run_id)  # what killed workers and tracking outages left behind
             try:
                 if in_workers:
@@ -249,7 +289,11 @@ def run_register(settings: RunSettings, device: torch.device) -> int:
     if best is None:
         print(f"Study {settings.study_name!r} has no complete trial yet: nothing to register.", file=sys.stderr)
         return 1
-    with parent_run(settings, run_name=f"register-{settings.study_name}") as run_id, closing_link(settings):
+    with (
+        stop_on_tracking_outage(),
+        parent_run(settings, run_name=f"register-{settings.study_name}") as run_id,
+        closing_link(settings),
+    ):
         registration = register_best(
             lambda: load_data(settings.data_dir, settings.seed, device), best, settings, run_id
         )

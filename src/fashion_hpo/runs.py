@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import optuna
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import path_to_local_sqlite_uri
@@ -191,3 +192,44 @@ def ui_hint(tracking_uri: str, experiment_id: str, default_uri: str) -> UiHint:
 def local_default_uri() -> str:
     """The store `mlflow ui` opens when started here without options: ./mlflow.db (MLflow 3's default)."""
     return path_to_local_sqlite_uri(os.path.abspath("mlflow.db"))
+
+
+# A study user attribute per run that an invocation had to leave RUNNING because the tracking server was gone
+# (the run's id follows the prefix): the next invocation of the study ends it.
+LEFT_RUNNING = "run_left_running:"
+TRACKING_LOST = "tracking_lost"
+
+
+def tracking_lost() -> UsageError:
+    """The one line for a tracking server that stopped answering mid-study, through all of MLflow's retries."""
+    return UsageError(
+        "MLFLOW_TRACKING_URI",
+        f"lost the tracking server {redact_url(mlflow.get_tracking_uri())}: no answer through MLflow's retries "
+        "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR); the study keeps its finished "
+        "trials: rerun the same command once the server answers to continue it (the runs left RUNNING are ended then)",
+    )
+
+
+def note_left_running(study: optuna.Study, run_id: str) -> None:
+    """Note in the study (its storage still answers) a run that cannot be ended while the tracking server is down."""
+    study.set_user_attr(f"{LEFT_RUNNING}{run_id}", "RUNNING")
+
+
+def end_left_running(study: optuna.Study) -> list[str]:
+    """End as FAILED, tagged tracking_lost, the runs that earlier invocations noted as left RUNNING when they lost
+    the tracking server; returns their ids."""
+    client = MlflowClient()
+    ended: list[str] = []
+    for key, value in study.user_attrs.items():
+        if not key.startswith(LEFT_RUNNING) or value != "RUNNING":
+            continue
+        run_id = key.removeprefix(LEFT_RUNNING)
+        reason = "the tracking server was lost while this run was RUNNING; ended by the next invocation of the study"
+        try:
+            fail_running(client, [client.get_run(run_id)], TRACKING_LOST, reason)
+            ended.append(run_id)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # not in this tracking store: nothing to end
+                raise
+        study.set_user_attr(key, "ended")
+    return ended

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import mlflow
 import optuna
-from mlflow.environment_variables import MLFLOW_RUN_CONTEXT
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
@@ -34,6 +34,7 @@ from fashion_hpo.constants import (
     VAL_ACCURACY,
     VAL_LOSS,
 )
+from fashion_hpo.process import connection_lost
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.storage import retried_trial_number
 from fashion_hpo.training import EpochResult
@@ -131,6 +132,8 @@ def tracked_objective(
             tracker.interrupted_run_id = mlflow.active_run().info.run_id
             raise
         except Exception as err:
+            if connection_lost(err):
+                give_up_on_tracking()  # ending the trial's run next would wait through all the retries again
             trial.set_user_attr(EXCEPTION_TYPE, type(err).__name__)
             trial.set_user_attr(EXCEPTION_MESSAGE, str(err)[:1000])
             raise
@@ -141,9 +144,24 @@ def tracked_objective(
     def run_tagged_trial(trial: optuna.Trial) -> float:
         # Tagged from its creation on, before the trial links to it: reconcile finds a run whose worker died between.
         with run_context_tags({STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number)}):
-            return tracked(trial)
+            try:
+                return tracked(trial)
+            except Exception as err:
+                if connection_lost(err):
+                    # Stopped from outside, as by an interrupt: not the trial's failure, so it does not use up
+                    # the budget, and the rerun runs a trial in its place.
+                    trial.set_user_attr(INTERRUPTED, True)
+                    give_up_on_tracking()
+                raise
 
     return run_tagged_trial, tracker
+
+
+def give_up_on_tracking() -> None:
+    """After MLflow spent its retries on an unreachable tracking server, make its later requests in this process
+    fail at once: each would otherwise wait through the whole retry window again (about 4 minutes with MLflow's
+    defaults), and the study could not stop for many of them."""
+    os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
 
 
 @contextmanager
