@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from fashion_hpo.constants import CLASS_NAMES
+from fashion_hpo.settings import credentials_refused
 
 INVERT_CHOICES = ("auto", "yes", "no")
 
@@ -51,6 +52,9 @@ def load_model(model_uri: str, scratch: Path) -> Any:
     except IntegrityError as err:
         raise ModelLoadError(f"refusing {model_uri!r}: {err}") from None
     except Exception as err:
+        refused = credentials_refused(err, mlflow.get_tracking_uri(), f"load {model_uri}")
+        if refused is not None:
+            raise refused from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"cannot load {model_uri!r}: {reason}") from None
 
@@ -147,11 +151,16 @@ def run_test_samples(model_uri: str, data_dir: Path, n: int) -> int:
 def run_verify(model_uri: str, keep: Path | None) -> int:
     """The `verify` command: check a registered version's files against its recorded digests, optionally keeping
     the checked copy in the new folder `keep` (to serve that copy rather than download the model again)."""
+    import mlflow
+
     from fashion_hpo.integrity import FILES_TAG, WEIGHTS_TAG, IntegrityError, download_verified, registered_version
 
     try:
         version = registered_version(model_uri)
     except Exception as err:
+        refused = credentials_refused(err, mlflow.get_tracking_uri(), f"read {model_uri}")
+        if refused is not None:
+            raise refused from None
         raise ModelLoadError(f"cannot resolve {model_uri!r}: {str(err).strip().splitlines()[0]}") from None
     if version is None:
         raise ModelLoadError(f"{model_uri!r} names no registered version (models:/NAME@ALIAS or models:/NAME/N)")

@@ -18,7 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial
 
 from fashion_hpo.constants import INTERRUPTED, STUDY_TAG
-from fashion_hpo.settings import RunSettings, UsageError, redact_url
+from fashion_hpo.settings import RunSettings, UsageError, credentials_refused, redact_url
 from fashion_hpo.storage import sqlite_file_lock
 from fashion_hpo.tracking import trial_run_id
 
@@ -95,27 +95,6 @@ def check_tracking_store() -> None:
     finally:
         for name in added:
             os.environ.pop(name, None)
-
-
-# How MlflowException names a server's HTTP 401 and 403 answers (mlflow.protos.databricks_pb2 error codes).
-REFUSALS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
-
-
-def credentials_refused(err: Exception, uri: str, action: str) -> UsageError | None:
-    """A tracking server's 401 or 403 as one line naming the variables that carry the credentials; None for
-    any other error. `action` says what was refused (for a 403)."""
-    status = REFUSALS.get(str(getattr(err, "error_code", "")))
-    if status is None:
-        return None
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    server = f"the tracking server {redact_url(uri)}"
-    if status == 403:
-        reason = f"{server} does not let user {user!r} {action} (HTTP 403): ask its admin for that permission"
-    elif user:
-        reason = f"{server} rejected user {user!r} (HTTP 401): check it and MLFLOW_TRACKING_PASSWORD"
-    else:
-        reason = f"{server} requires a login (HTTP 401): set it and MLFLOW_TRACKING_PASSWORD"
-    return UsageError("MLFLOW_TRACKING_USERNAME", reason)
 
 
 def probe_store(uri: str) -> None:
