@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import cast
 
 import mlflow
 import optuna
@@ -25,7 +26,15 @@ from fashion_hpo.artifacts import (
     refit_inputs,
     search_inputs,
 )
-from fashion_hpo.constants import CHAMPION_ALIAS, EXCEPTION_MESSAGE, EXCEPTION_TYPE, OPTIMIZED_METRIC
+from fashion_hpo.constants import (
+    CHAMPION_ALIAS,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_TYPE,
+    FLOPS,
+    LATENCY_MS,
+    N_PARAMS,
+    OPTIMIZED_METRIC,
+)
 from fashion_hpo.data import FashionData, load_data
 from fashion_hpo.objective import make_objective
 from fashion_hpo.process import connection_lost
@@ -45,8 +54,17 @@ from fashion_hpo.search_space import config_from_params
 from fashion_hpo.seeding import trial_seed
 from fashion_hpo.settings import REFIT_EPOCHS_FACTOR, RunSettings
 from fashion_hpo.storage import retry_stale_trial
-from fashion_hpo.study import best_trial, budget_left, load_existing_study, open_study, run_search, trial_counts
-from fashion_hpo.tracking import give_up_on_tracking, log_epoch, tracked_objective
+from fashion_hpo.study import (
+    best_trial,
+    budget_left,
+    load_existing_study,
+    open_study,
+    pareto_front,
+    run_search,
+    trial_accuracy,
+    trial_counts,
+)
+from fashion_hpo.tracking import give_up_on_tracking, log_costs, log_epoch, tag_pareto_front, tracked_objective
 from fashion_hpo.training import Evaluation, build_and_fit, confusion_matrix, evaluate
 from fashion_hpo.workers import WorkersFailed, search_in_workers
 
@@ -89,7 +107,17 @@ def register_best(
 
     `data` is called only when there is something to refit, so re-registering a known trial loads nothing."""
     kind = best.user_attrs.get("model", settings.model)
-    card = ModelCard(settings.study_name, best.number, kind, best.value, math.nan, best.params)
+    costs = {name: float(best.user_attrs[name]) for name in (N_PARAMS, FLOPS, LATENCY_MS) if name in best.user_attrs}
+    card = ModelCard(
+        settings.study_name,
+        best.number,
+        kind,
+        trial_accuracy(best),
+        math.nan,
+        best.params,
+        costs,
+        settings.limits.describe(),
+    )
     existing = find_version(settings.registered_model_name, card)
     if existing is not None:
         reason = f"trial {best.number} is already registered as version {existing.version}; nothing new to register"
@@ -105,7 +133,7 @@ def register_best(
     info = log_model(final.model, splits.test.images[:4].cpu().numpy(), card)
     log_test_results(final.test, final.confusion, info.model_id, test.dataset)
     version = register(info.model_uri, settings.registered_model_name, card, run_id)
-    alias, reason = promote(version, final.test.accuracy, settings.promote)
+    alias, reason = promote(version, final.test.accuracy, settings.promote, settings.limits)
     mlflow.set_tags({"registered_version": version.version, "alias": alias, "promotion": reason})
     return Registration(version, alias, reason, final.test)
 
@@ -127,7 +155,7 @@ def print_summary(counts: dict[str, int], best: FrozenTrial | None, settings: Ru
         print(f"  Number of {label} trials: {counts[label]}")
     if best is None:
         return
-    print(f"Best trial: #{best.number}\n  Value ({OPTIMIZED_METRIC}): {best.value:.4f}\n  Params:")
+    print(f"Best trial: #{best.number}\n  Value ({OPTIMIZED_METRIC}): {trial_accuracy(best):.4f}\n  Params:")
     for name, value in best.params.items():
         print(f"    {name}: {value}")
 
@@ -188,6 +216,32 @@ def closing_link(settings: RunSettings) -> Iterator[None]:
             print(f"Compare the trials: {hint.link}")
 
 
+def no_best_reason(study: optuna.Study, settings: RunSettings) -> str:
+    """Why the study has no trial to register: none completed, or none within the constraints."""
+    if trial_counts(study)["complete"] == 0:
+        return "No trial completed"
+    return f"No complete trial is within the constraints ({settings.limits.describe()})"
+
+
+def print_front(front: list[FrozenTrial], settings: RunSettings) -> None:
+    """A multi-objective study's Pareto front, one trial a line, most accurate first."""
+    if not front:
+        return
+    names = settings.objective_names
+    print(f"Pareto front ({', '.join(names)}), tagged pareto=true on the trials' runs:")
+    for trial in sorted(front, key=trial_accuracy, reverse=True):
+        values = ", ".join(f"{value:.4g}" for value in cast(list[float], trial.values))
+        print(f"  #{trial.number}: {values}")
+
+
+def print_objectives_notice(settings: RunSettings) -> None:
+    """Say once that a multi-objective study is not pruned, whatever --pruner says."""
+    if len(settings.objective_names) > 1:
+        print(
+            f"--objectives {settings.objectives}: a multi-objective study; pruning is off (Optuna does not prune them)"
+        )
+
+
 def first_error(study: optuna.Study) -> str:
     """The first failed trial's exception, as a clause for the closing message (empty if none failed)."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -201,8 +255,11 @@ def first_error(study: optuna.Study) -> str:
 def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     """Print and log the study's trial counts and best trial (also after an interrupt); returns the best."""
     reconcile_runs(study, settings, active_run_id())
-    counts, best = trial_counts(study), best_trial(study)
+    counts, best = trial_counts(study), best_trial(study, settings.limits)
+    front = pareto_front(study, settings.limits)
+    tag_pareto_front(front)
     print_summary(counts, best, settings)
+    print_front(front, settings)
     # A worker of --workers leaves the study's table and plots (seconds of work each) to the run above it.
     log_study_summary(study, counts, best, artifacts=not settings.parent_run_id)
     describe(settings, counts, best, plots=not settings.parent_run_id)
@@ -225,7 +282,15 @@ def active_run_id() -> str | None:
 def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -> None:
     """Run this process's share of the trials, each in its own child run."""
     objective = make_objective(
-        data, settings.model, settings.epochs, settings.seed, settings.max_train_samples, log_epoch
+        data,
+        settings.model,
+        settings.epochs,
+        settings.seed,
+        settings.max_train_samples,
+        log_epoch,
+        limits=settings.limits,
+        objectives=settings.objective_names,
+        report_costs=log_costs,
     )
     inputs = search_inputs(data, settings)
     log_inputs(inputs)  # on the invocation's run; each trial's run gets them too
@@ -250,6 +315,7 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
     if not in_workers:
         data()  # before the study opens: a data problem is a usage error, with no trial and no run created
     study = open_study(settings, functools.partial(reclaim_stale_trial, settings=settings))
+    print_objectives_notice(settings)
     try:
         with (
             stop_on_tracking_outage(),
@@ -269,7 +335,10 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
                 raise
             best = summarize(study, settings)
             if best is None:
-                print(f"No trial completed, so no model was registered{first_error(study)}.", file=sys.stderr)
+                print(
+                    f"{no_best_reason(study, settings)}, so no model was registered{first_error(study)}.",
+                    file=sys.stderr,
+                )
                 return 1
             if settings.register:
                 registration = register_best(data, best, settings, run_id)
@@ -285,9 +354,11 @@ def run_register(settings: RunSettings, device: torch.device) -> int:
     """Refit and register the best trial of an existing study, without searching; returns the exit code."""
     check_tracking_store()
     study = load_existing_study(settings)
-    best = best_trial(study)
+    best = best_trial(study, settings.limits)
     if best is None:
-        print(f"Study {settings.study_name!r} has no complete trial yet: nothing to register.", file=sys.stderr)
+        print(
+            f"Study {settings.study_name!r}: {no_best_reason(study, settings)}; nothing to register.", file=sys.stderr
+        )
         return 1
     with (
         stop_on_tracking_outage(),

@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import mlflow
@@ -34,6 +34,7 @@ from fashion_hpo.constants import (
     VAL_ACCURACY,
     VAL_LOSS,
 )
+from fashion_hpo.costs import ModelCosts
 from fashion_hpo.process import connection_lost
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.storage import retried_trial_number
@@ -44,6 +45,10 @@ from fashion_hpo.training import EpochResult
 #    (module optuna_integration.mlflow.mlflow), and `__call__` resumes the run stored there.
 # 2. `__call__` logs the trial's values through the method `_log_metrics(values)`, which TrialTracker overrides.
 
+# A study's objective: one value, or one per objective of a multi-objective study.
+Objective = Callable[[optuna.Trial], float | Sequence[float]]
+# Tag of the runs of a multi-objective study's Pareto-front trials.
+PARETO_TAG = "pareto"
 # The callback ends every trial's run FINISHED; these statuses let the UI's status column tell them apart.
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 # The tag in which the callback records a run's trial number; every trial run carries it from its creation on.
@@ -91,7 +96,7 @@ class TrialTracker(MLflowCallback):
             MlflowClient().set_tag(self.interrupted_run_id, INTERRUPTED, "true")
             MlflowClient().update_run(self.interrupted_run_id, status="KILLED")
 
-    def track(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    def track(self, objective: Objective) -> Objective:
         """Wrap the objective so each trial runs inside its own nested MLflow run."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -105,16 +110,16 @@ def running_trial(trial: optuna.Trial) -> FrozenTrial:
 
 
 def tracked_objective(
-    objective: Callable[[optuna.Trial], float],
+    objective: Objective,
     settings: RunSettings,
     log_trial_inputs: Callable[[], None] | None = None,
-) -> tuple[Callable[[optuna.Trial], float], TrialTracker]:
+) -> tuple[Objective, TrialTracker]:
     """The objective run inside a nested child run per trial, and the callback that closes those runs.
 
     `log_trial_inputs` logs the datasets a trial uses to its run, once per trial (not per epoch)."""
     tracker = TrialTracker()
 
-    def run_trial(trial: optuna.Trial) -> float:
+    def run_trial(trial: optuna.Trial) -> float | Sequence[float]:
         tags = {MLFLOW_RUN_NAME: trial_run_name(trial.number), STUDY_TAG: settings.study_name, "model": settings.model}
         retried = retried_trial_number(running_trial(trial))
         if retried is not None:  # a retry of a trial whose worker died: the UI links the two
@@ -129,7 +134,8 @@ def tracked_objective(
             raise
         except KeyboardInterrupt:
             trial.set_user_attr(INTERRUPTED, True)
-            tracker.interrupted_run_id = mlflow.active_run().info.run_id
+            run = mlflow.active_run()
+            tracker.interrupted_run_id = run.info.run_id if run is not None else None
             raise
         except Exception as err:
             if connection_lost(err):
@@ -141,7 +147,7 @@ def tracked_objective(
     tracked = tracker.track(run_trial)
 
     @functools.wraps(tracked)
-    def run_tagged_trial(trial: optuna.Trial) -> float:
+    def run_tagged_trial(trial: optuna.Trial) -> float | Sequence[float]:
         # Tagged from its creation on, before the trial links to it: reconcile finds a run whose worker died between.
         with run_context_tags({STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number)}):
             try:
@@ -190,3 +196,17 @@ def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
         EPOCH_SECONDS: result.seconds,
     }
     mlflow.log_metrics(metrics, step=result.epoch)
+
+
+def log_costs(trial: optuna.Trial, costs: ModelCosts) -> None:
+    """Log the trained model's costs (parameters, FLOPs per image, CPU ms per image) to the trial's run."""
+    mlflow.log_metrics(costs.as_metrics())
+
+
+def tag_pareto_front(front: list[FrozenTrial]) -> None:
+    """Tag the runs of a multi-objective study's Pareto-front trials `pareto=true`, to filter them in the UI."""
+    client = MlflowClient()
+    for trial in front:
+        run_id = trial_run_id(trial)
+        if run_id is not None:
+            client.set_tag(run_id, PARETO_TAG, "true")
