@@ -72,8 +72,8 @@ def study_with_outage(work: Path, data_dir: Path, outage: float, n_trials: int) 
         deadline = time.monotonic() + 900
         while finished(storage) < 1 and study.poll() is None and time.monotonic() < deadline:
             time.sleep(0.3)
+        stopped = time.monotonic()  # from SIGTERM on, the server refuses requests, however long its shutdown takes
         server.stop()
-        stopped = time.monotonic()
         while time.monotonic() - stopped < outage and study.poll() is None:
             time.sleep(0.5)
         server.start()
@@ -83,7 +83,7 @@ def study_with_outage(work: Path, data_dir: Path, outage: float, n_trials: int) 
     server.stop()
     lines = (work / "study.log").read_text().strip().splitlines()
     return {
-        "outage_s": round(back, 1),
+        "outage_s": round(back, 1),  # from the stop to the server answering again
         "exit_code": code,
         "ended_s_after_stop": round(after, 1),
         "finished_trials": finished(storage),
