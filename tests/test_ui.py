@@ -17,7 +17,7 @@ LINK = r"http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs\?workflowType=machine
 @pytest.mark.slow  # a study on the real data, `mlflow ui`, Chromium: about a minute
 def test_the_printed_link_opens_the_study_in_mlflow_ui(tmp_path: Path, real_data_dir: Path) -> None:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"no {CHROMIUM}: apt-get install chromium (Debian's; never `playwright install`)")
+        pytest.fail(f"no {CHROMIUM}: apt-get install chromium (Debian's; Playwright must not download a browser)")
     study = run_study(tmp_path, real_data_dir)
     link = re.fullmatch(LINK, study.link)
     assert link, f"step 'printed link': {study.link!r} is not the runs view of an experiment"

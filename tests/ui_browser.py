@@ -24,7 +24,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from tests.conftest import RUN_SCOPE_VARIABLES, TrackingServer
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; `playwright install` would download a browser
+CHROMIUM = "/usr/bin/chromium"  # Debian's package: Playwright must not download its own browser
 STUDY_NAME = "fashion-mnist-mlp"
 REGISTERED_MODEL = "fashion-mnist-classifier"
 EPOCHS = 2
