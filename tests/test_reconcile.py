@@ -255,7 +255,8 @@ def test_run_context_tags_tag_runs_created_meanwhile_and_then_stop(tracking_stor
 # this bootstrap stops itself (SIGSTOP) at the point named by STOP_AT, and the test then SIGKILLs it.
 STOP_AT = "FASHION_HPO_TEST_STOP_AT"
 BOOTSTRAP = """
-import os, runpy, signal, optuna
+import os, runpy, signal
+from fashion_hpo.storage import BudgetedStorage
 from fashion_hpo.tracking import TrialTracker
 
 def stop():
@@ -265,13 +266,14 @@ if os.environ["FASHION_HPO_TEST_STOP_AT"] == "in-callback":
     # Inside the callback, after it resumed the finished trial's run, before it ends it.
     TrialTracker._log_metrics = lambda self, values: stop()
 else:
-    # Just after the trial's run was created, before the trial links to it.
-    link = optuna.storages.RDBStorage.set_trial_system_attr
+    # Just after the trial's run was created, before the trial links to it (the study's storage class: it wraps
+    # Optuna's methods with its reconnecting retry when it is defined).
+    link = BudgetedStorage.set_trial_system_attr
     def stop_before_link(self, trial_id, key, value):
         if key == "mlflow_run_id":
             stop()
         return link(self, trial_id, key, value)
-    optuna.storages.RDBStorage.set_trial_system_attr = stop_before_link
+    BudgetedStorage.set_trial_system_attr = stop_before_link
 runpy.run_module("fashion_hpo", run_name="__main__", alter_sys=True)
 """
 POINTS = ("in-callback", "before-link", "training")
