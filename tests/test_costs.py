@@ -114,9 +114,9 @@ def test_reopening_a_study_with_other_objectives_is_one_line(tmp_path) -> None:
 def register_costed(test_accuracy: float, n_params: int, limits: CostLimits, number: int) -> tuple[str, str]:
     """Log and register a tiny model recording `n_params`; returns its alias and the reason."""
     card = ModelCard("s", number, "mlp", 0.5, test_accuracy, {}, {N_PARAMS: n_params}, limits.describe())
-    model = build_model(MLPConfig(hidden_units=(8,), dropouts=(0.0,)))
+    architecture = MLPConfig(hidden_units=(8,), dropouts=(0.0,))
     with mlflow.start_run() as run:
-        info = log_model(model, np.random.rand(2, 1, 28, 28).astype(np.float32), card)
+        info = log_model(build_model(architecture), architecture, np.random.rand(2, 1, 28, 28).astype(np.float32), card)
         version = register(info.model_uri, NAME, card, run.info.run_id)
         return promote(version, test_accuracy, "if-better", limits)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -17,7 +18,8 @@ from fashion_hpo import serving
 from fashion_hpo.artifacts import log_test_results, refit_inputs
 from fashion_hpo.constants import CLASS_NAMES
 from fashion_hpo.data import FashionData
-from fashion_hpo.models import MLPConfig, build_model
+from fashion_hpo.models import CNNConfig, MLPConfig, ModelConfig, build_model
+from fashion_hpo.predict import requirement_mismatches
 from fashion_hpo.registry import ModelCard, find_version, flavor_kwargs, log_model, promote, register
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.training import Evaluation
@@ -29,9 +31,9 @@ def register_tiny(test_accuracy: float, trial_number: int = 0, policy: str = "if
     """Log and register a small model with the given test accuracy; returns (version, alias, reason)."""
     card = ModelCard("s", trial_number, "mlp", 0.5, test_accuracy, {"lr": 0.001})
     torch.manual_seed(trial_number)
-    model = build_model(MLPConfig(hidden_units=(8,), dropouts=(0.0,)))
+    architecture = MLPConfig(hidden_units=(8,), dropouts=(0.0,))
     with mlflow.start_run() as run:
-        info = log_model(model, np.random.rand(2, 1, 28, 28).astype(np.float32), card)
+        info = log_model(build_model(architecture), architecture, np.random.rand(2, 1, 28, 28).astype(np.float32), card)
         version = register(info.model_uri, NAME, card, run.info.run_id)
         alias, reason = promote(version, test_accuracy, policy)
     return str(version.version), alias, reason
@@ -69,10 +71,11 @@ def test_the_logged_model_carries_its_test_metrics_measured_on_the_test_set(
     tracking_uri: str, tiny_data: FashionData
 ) -> None:
     training, test = refit_inputs(tiny_data, RunSettings(study_name="s"))
-    model = build_model(MLPConfig(hidden_units=(8,), dropouts=(0.0,)))
+    architecture = MLPConfig(hidden_units=(8,), dropouts=(0.0,))
     confusion = torch.eye(10, dtype=torch.long) * 10
+    example = np.random.rand(2, 1, 28, 28).astype(np.float32)
     with mlflow.start_run():
-        info = log_model(model, np.random.rand(2, 1, 28, 28).astype(np.float32), ModelCard("s", 0, "mlp", 0.5, 0.75))
+        info = log_model(build_model(architecture), architecture, example, ModelCard("s", 0, "mlp", 0.5, 0.75))
         log_test_results(Evaluation(loss=0.7, accuracy=0.75), confusion, info.model_id, test.dataset)
     metrics = {m.key: m for m in MlflowClient().get_logged_model(info.model_id).metrics}
     assert (metrics["test_accuracy"].value, metrics["test_loss"].value) == (0.75, 0.7)
@@ -82,14 +85,48 @@ def test_the_logged_model_carries_its_test_metrics_measured_on_the_test_set(
     assert test.dataset.source.to_json().endswith('t10k-images-idx3-ubyte"}')
 
 
+TINY_CNN = CNNConfig(channels=(4, 8), kernel_size=3, batch_norm=True, dropout=0.1, dense_units=16)
+
+
+def save_tiny(path: Path, architecture: ModelConfig = TINY_CNN) -> str:
+    """A tiny model with random weights saved to `path` exactly as it is logged (no tracking store needed)."""
+    torch.manual_seed(0)
+    model = build_model(architecture)
+    for module in model.modules():  # batch norm statistics that differ from the defaults, so they must be loaded
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    example = np.random.rand(2, 1, 28, 28).astype(np.float32)
+    serving.save_model(str(path), Model(), **flavor_kwargs(model, architecture, example))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny model saved to a folder exactly as it is logged (no tracking store needed)."""
-    path = str(tmp_path_factory.mktemp("saved") / "model")
-    model = build_model(MLPConfig(hidden_units=(8,), dropouts=(0.0,)))
-    example = np.random.rand(2, 1, 28, 28).astype(np.float32)
-    serving.save_model(path, Model(), **flavor_kwargs(model, example))
-    return path
+    """A tiny CNN saved to a folder exactly as it is logged."""
+    return save_tiny(tmp_path_factory.mktemp("saved") / "model")
+
+
+@pytest.mark.parametrize("architecture", [TINY_CNN, MLPConfig(hidden_units=(8, 6), dropouts=(0.0, 0.2))])
+def test_architecture_round_trips_through_json(architecture: ModelConfig) -> None:
+    assert serving.architecture_from_json(serving.architecture_json(architecture)) == architecture
+
+
+def test_pyfunc_rebuilds_the_module_from_weights_that_match_the_exported_program(saved_model: str) -> None:
+    images = torch.rand(5, 1, 28, 28)
+    rebuilt = serving.load_module(str(Path(saved_model) / "data"))
+    assert not rebuilt.training and not isinstance(rebuilt, torch.fx.GraphModule)
+    exported = mlflow.pytorch.load_model(saved_model)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(images), exported(images))
+
+
+def test_pyfunc_of_a_model_saved_before_the_state_dict_loads_its_exported_program(tmp_path: Path) -> None:
+    path = save_tiny(tmp_path / "model")
+    for name in (serving.ARCHITECTURE_FILE, serving.STATE_DICT_FILE):
+        (tmp_path / "model" / "data" / name).unlink()
+    frame = mlflow.pyfunc.load_model(path).predict(np.random.rand(3, 1, 28, 28).astype(np.float32))
+    assert len(frame) == 3 and list(frame.columns) == ["class_index", "class_name", "probabilities"]
 
 
 def test_pyfunc_returns_index_name_and_probabilities(saved_model: str) -> None:
@@ -129,3 +166,15 @@ def test_other_image_layouts_are_reshaped_by_the_serving_module() -> None:
     assert as_batch(flat).shape == as_batch(square).shape == (4, 1, 28, 28)
     with pytest.raises(MlflowException, match="must be numbers"):
         as_batch([["a"] * 784])
+
+
+def test_predict_checks_the_models_requirements_package_by_package(saved_model: str, tmp_path: Path) -> None:
+    assert requirement_mismatches(Path(saved_model)) == [], "saved here: this environment meets them"
+    (tmp_path / "requirements.txt").write_text(
+        "# pinned when logged\n-r extra.txt\ntorch==0.0.1\nno-such-package-xyz>=1\n"
+        + (Path(saved_model) / "requirements.txt").read_text()
+    )
+    assert requirement_mismatches(tmp_path) == [
+        f"torch==0.0.1 (installed: {torch.__version__.split('+')[0]})",
+        "no-such-package-xyz>=1 (installed: none)",
+    ]

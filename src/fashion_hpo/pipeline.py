@@ -36,6 +36,7 @@ from fashion_hpo.constants import (
     OPTIMIZED_METRIC,
 )
 from fashion_hpo.data import FashionData, load_data
+from fashion_hpo.models import ModelConfig
 from fashion_hpo.objective import make_objective
 from fashion_hpo.process import connection_lost
 from fashion_hpo.reconcile import reconcile_runs
@@ -74,6 +75,7 @@ class FinalModel:
     """The refit best configuration and its one test-set evaluation."""
 
     model: torch.nn.Module
+    architecture: ModelConfig
     test: Evaluation
     confusion: torch.Tensor
 
@@ -87,7 +89,7 @@ def refit_and_test(data: FashionData, best: FrozenTrial, settings: RunSettings, 
     """Retrain the best trial's config (same seed) on all 60,000 training images for `epochs`, then test it once."""
     config = config_from_params(best.params, best.user_attrs.get("model", settings.model))
     model = build_and_fit(config, data.full_train, None, epochs, trial_seed(settings.seed, best.number)).model
-    return FinalModel(model, evaluate(model, data.test), confusion_matrix(model, data.test))
+    return FinalModel(model, config.model, evaluate(model, data.test), confusion_matrix(model, data.test))
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def register_best(
     mlflow.set_tag("refit_epochs", epochs)
     final = refit_and_test(splits, best, settings, epochs)
     card = replace(card, test_accuracy=final.test.accuracy)
-    info = log_model(final.model, splits.test.images[:4].cpu().numpy(), card)
+    info = log_model(final.model, final.architecture, splits.test.images[:4].cpu().numpy(), card)
     log_test_results(final.test, final.confusion, info.model_id, test.dataset)
     version = register(info.model_uri, settings.registered_model_name, card, run_id)
     alias, reason = promote(version, final.test.accuracy, settings.promote, settings.limits)

@@ -23,7 +23,7 @@ import fashion_hpo
 from fashion_hpo import serving
 from fashion_hpo.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLASS_NAMES, LATENCY_MS, N_PARAMS
 from fashion_hpo.integrity import logged_digests
-from fashion_hpo.models import IMAGE_SHAPE, N_CLASSES
+from fashion_hpo.models import IMAGE_SHAPE, N_CLASSES, ModelConfig
 from fashion_hpo.settings import NO_LIMITS, CostLimits
 
 MODEL_ARTIFACT = "model"
@@ -88,10 +88,12 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch_version}", f"numpy>={np.__version__.split('.')[0]}"]
 
 
-def flavor_kwargs(model: nn.Module, example: np.ndarray) -> dict[str, Any]:
-    """How the model is saved: the torch module on CPU, signature, input example, requirements, shipped code."""
+def flavor_kwargs(model: nn.Module, architecture: ModelConfig, example: np.ndarray) -> dict[str, Any]:
+    """How the model is saved: the torch module on CPU and its architecture, signature, input example, requirements,
+    shipped code."""
     return {
         "pytorch_model": model.to("cpu").eval(),
+        "architecture": architecture,
         "signature": SIGNATURE,
         "input_example": example.astype(np.float32),
         "pip_requirements": pip_requirements(),
@@ -100,11 +102,15 @@ def flavor_kwargs(model: nn.Module, example: np.ndarray) -> dict[str, Any]:
     }
 
 
-def log_model(model: nn.Module, example: np.ndarray, card: ModelCard) -> ModelInfo:
+def log_model(model: nn.Module, architecture: ModelConfig, example: np.ndarray, card: ModelCard) -> ModelInfo:
     """Log the model to the active run: pytorch flavor plus this project's pyfunc contract."""
     metadata = {"class_names": list(CLASS_NAMES), "contract": CONTRACT, **card.tags()}
     return Model.log(
-        artifact_path=None, name=MODEL_ARTIFACT, flavor=serving, metadata=metadata, **flavor_kwargs(model, example)
+        artifact_path=None,
+        name=MODEL_ARTIFACT,
+        flavor=serving,
+        metadata=metadata,
+        **flavor_kwargs(model, architecture, example),
     )
 
 

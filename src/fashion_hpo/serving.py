@@ -3,14 +3,21 @@
 The package travels inside the logged model (code_paths), so a service that loads
 `models:/fashion-mnist-classifier@champion` needs mlflow and torch, not an installed fashion_hpo.
 This module imports only `constants` and `models` from the package, which import nothing but torch.
+
+Beside mlflow.pytorch's torch.export program (what `mlflow.pytorch.load_model` returns), the model folder holds the
+weights as a state dict and the architecture as JSON: the pyfunc rebuilds the module with the package's own code and
+`torch.load(weights_only=True)`, which takes milliseconds where loading the exported program takes seconds
+(benchmarks/champion_load.py), and unpickles nothing but tensors.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-import mlflow.pytorch
 import numpy as np
 import pandas as pd
 import torch
@@ -20,10 +27,12 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from fashion_hpo.constants import CLASS_NAMES
-from fashion_hpo.models import IMAGE_SHAPE
+from fashion_hpo.models import IMAGE_SHAPE, CNNConfig, MLPConfig, ModelConfig, build_model
 
 MAX_BATCH = 4096  # per request; bigger inputs are split by the caller
 OUTPUT_COLUMNS = ("class_index", "class_name", "probabilities")
+STATE_DICT_FILE, ARCHITECTURE_FILE = "state_dict.pt", "architecture.json"  # in the model's data folder
+CONFIG_TYPES: dict[str, type[MLPConfig] | type[CNNConfig]] = {cls.__name__: cls for cls in (MLPConfig, CNNConfig)}
 
 
 def bad_input(message: str) -> MlflowException:
@@ -89,14 +98,47 @@ class FashionClassifier:
         return predictions_frame(self.probabilities(model_input))
 
 
+def architecture_json(config: ModelConfig) -> str:
+    """The architecture as JSON: the config's type name and its fields."""
+    return json.dumps({"type": type(config).__name__, "fields": asdict(config)}, indent=2)
+
+
+def architecture_from_json(text: str) -> ModelConfig:
+    """The config `architecture_json` wrote (JSON lists back to tuples)."""
+    document = json.loads(text)
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in document["fields"].items()}
+    return CONFIG_TYPES[document["type"]](**fields)
+
+
+def rebuild_module(folder: Path) -> torch.nn.Module:
+    """The classifier rebuilt from the architecture and state dict saved in `folder`, in eval mode."""
+    module = build_model(architecture_from_json((folder / ARCHITECTURE_FILE).read_text()))
+    module.load_state_dict(torch.load(folder / STATE_DICT_FILE, map_location="cpu", weights_only=True))
+    return module.eval()
+
+
 def load_module(data_path: str) -> torch.nn.Module:
-    """The torch module saved by mlflow.pytorch (a torch.export program by default), on the CPU."""
-    return mlflow.pytorch.load_model(os.path.dirname(os.path.abspath(data_path)), map_location="cpu")
+    """The saved classifier on the CPU: rebuilt from its architecture and weights where the folder has them, else
+    (models saved before they did) the torch.export program that mlflow.pytorch saved."""
+    folder = Path(data_path)
+    if (folder / ARCHITECTURE_FILE).is_file():
+        return rebuild_module(folder)
+    import mlflow.pytorch  # costs a second of imports that the rebuilt module does not need
+
+    return mlflow.pytorch.load_model(str(folder.parent.resolve()), map_location="cpu")
 
 
-def save_model(path: str, mlflow_model: Model, pytorch_model: torch.nn.Module, **kwargs: Any) -> None:
-    """Flavor hook for `Model.log`: save as mlflow.pytorch does, then serve through this module's pyfunc."""
+def save_model(
+    path: str, mlflow_model: Model, pytorch_model: torch.nn.Module, architecture: ModelConfig, **kwargs: Any
+) -> None:
+    """Flavor hook for `Model.log`: save as mlflow.pytorch does, add the state dict and architecture, then serve
+    through this module's pyfunc."""
+    import mlflow.pytorch
+
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, **kwargs)
+    data = Path(path) / mlflow_model.flavors["python_function"]["data"]
+    torch.save(pytorch_model.state_dict(), data / STATE_DICT_FILE)
+    (data / ARCHITECTURE_FILE).write_text(architecture_json(architecture))
     mlflow_model.flavors["python_function"]["loader_module"] = __name__
     mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
 
