@@ -12,6 +12,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from fashion_hpo import tracking
 from fashion_hpo.artifacts import Registered, description, log_inputs, log_plots, log_study_summary, search_inputs
 from fashion_hpo.constants import VAL_ACCURACY
 from fashion_hpo.data import FashionData
@@ -20,8 +21,8 @@ from fashion_hpo.pipeline import closing_link
 from fashion_hpo.runs import UiHint, parent_run, ui_hint
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
-from fashion_hpo.tracking import log_epoch, tracked_objective
-from fashion_hpo.training import EpochResult
+from fashion_hpo.tracking import callback_tags, log_epoch, tracked_objective
+from fashion_hpo.training import EpochResult, Evaluation
 from tests.conftest import MLP_PARAMS, temporary_tracking
 
 EPOCHS = 2
@@ -146,22 +147,63 @@ def test_what_tracking_relies_on_inside_mlflow_callback_still_holds(tracking_uri
     from optuna_integration.mlflow import MLflowCallback
     from optuna_integration.mlflow.mlflow import RUN_ID_ATTRIBUTE_KEY
 
-    logged: list[list[float] | None] = []
-
-    class Recording(MLflowCallback):
-        def _log_metrics(self, values: list[float] | None) -> None:
-            logged.append(values)
-
     with pytest.warns(FutureWarning, match="MLflowCallback"):  # deprecated since 4.9.0, kept on purpose
-        callback = Recording(metric_name=VAL_ACCURACY, create_experiment=False)
+        callback = MLflowCallback(metric_name=VAL_ACCURACY, create_experiment=False, tag_trial_user_attrs=True)
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
-        objective = callback.track_in_mlflow()(lambda trial: 0.5)
+        objective = callback.track_in_mlflow()(a_trial_with_attributes)
     study = optuna.create_study(direction="maximize")
     study.optimize(objective, n_trials=1, callbacks=[callback])
     run_id = study.trials[0].system_attrs[RUN_ID_ATTRIBUTE_KEY]
-    assert logged == [[0.5]], "__call__ logs the trial's values through _log_metrics"
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [run.info.run_id for run in runs] == [run_id], "__call__ resumed the run that track_in_mlflow created"
+    tags = {name: value for name, value in runs[0].data.tags.items() if not name.startswith("mlflow.")}
+    assert tags == callback_tags(study, study.trials[0]), "TrialTracker writes the tags the callback writes"
+
+
+def a_trial_with_attributes(trial: optuna.Trial) -> float:
+    """Two distributions and a user attribute long enough to be cut, for the callback to turn into tags."""
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    trial.suggest_categorical("optimizer", ["Adam", "SGD"])
+    trial.set_user_attr("note", "x" * 9000)
+    return 0.5
+
+
+def five_quick_epochs(trial: optuna.Trial) -> float:
+    """A trial of milliseconds that reports five epochs, as a short real trial does."""
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    for epoch in range(1, 6):
+        log_epoch(trial, EpochResult(epoch, 0.5, Evaluation(loss=0.4, accuracy=0.8), 0.01))
+    return 0.8
+
+
+def metric_requests(monkeypatch: pytest.MonkeyPatch, settings: RunSettings) -> list[int]:
+    """Run a 2-trial tracked study of `five_quick_epochs`; the number of metrics in each request that sent some."""
+    sent: list[int] = []
+    log_batch = MlflowClient.log_batch
+
+    def counting(self: MlflowClient, run_id: str, metrics=(), *args, **kwargs):  # type: ignore[no-untyped-def]
+        if metrics:
+            sent.append(len(metrics))
+        return log_batch(self, run_id, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counting)
+    with parent_run(settings):
+        tracked, tracker = tracked_objective(five_quick_epochs, settings)
+        optuna.create_study(direction="maximize").optimize(tracked, n_trials=2, callbacks=[tracker])
+    return sent
+
+
+def test_a_short_trials_epoch_metrics_reach_its_run_in_one_request(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert metric_requests(monkeypatch, RunSettings(study_name="batched")) == [5 * 4, 5 * 4]
+
+
+def test_epoch_metrics_are_sent_as_they_come_once_flush_seconds_pass(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)
+    assert metric_requests(monkeypatch, RunSettings(study_name="live")) == [4] * 10
 
 
 def test_the_experiment_is_marked_as_model_training(tracked_study: tuple[RunSettings, str]) -> None:

@@ -10,15 +10,19 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import mlflow
 import optuna
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration.mlflow import MLflowCallback
 from optuna_integration.mlflow.mlflow import RUN_ID_ATTRIBUTE_KEY  # private: see PRIVATE CONTRACT below
@@ -43,7 +47,7 @@ from fashion_hpo.training import EpochResult
 # PRIVATE CONTRACT with optuna-integration's MLflowCallback (5.0):
 # 1. `track_in_mlflow` stores the child run's id in the trial's system attribute named by RUN_ID_ATTRIBUTE_KEY
 #    (module optuna_integration.mlflow.mlflow), and `__call__` resumes the run stored there.
-# 2. `__call__` logs the trial's values through the method `_log_metrics(values)`, which TrialTracker overrides.
+# 2. `__call__` writes the tags that `callback_tags` below builds (TrialTracker writes them itself, in one batch).
 
 # A study's objective: one value, or one per objective of a multi-objective study.
 Objective = Callable[[optuna.Trial], float | Sequence[float]]
@@ -53,6 +57,9 @@ PARETO_TAG = "pareto"
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 # The tag in which the callback records a run's trial number; every trial run carries it from its creation on.
 TRIAL_NUMBER_TAG = "number"
+# Epoch metrics reach the trial's run at least this often (live curves in the UI) and when the trial ends, in one
+# request each: a request per epoch made tracking the biggest fixed cost of a short trial.
+FLUSH_SECONDS = 1.0
 
 
 def trial_run_id(trial: FrozenTrial) -> str | None:
@@ -66,9 +73,11 @@ def trial_run_name(number: int) -> str:
 
 
 class TrialTracker(MLflowCallback):
-    """optuna-integration's MLflowCallback, with readable run names and statuses per trial state."""
+    """optuna-integration's MLflowCallback, with readable run names, statuses per trial state, and each trial's
+    outcome written in two requests (the callback's own `__call__` resumes and ends the run: six)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
+        self.model = model
         self.interrupted_run_id: str | None = None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "MLflowCallback has been deprecated", FutureWarning)
@@ -79,16 +88,17 @@ class TrialTracker(MLflowCallback):
                 tag_trial_user_attrs=True,
             )
 
-    def _log_metrics(self, values: list[float] | None) -> None:
-        """Skip: the objective logged `val_accuracy` per epoch, and the trial's value is its last step."""
-
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Log the finished trial's params and tags, then give its run its name and the status of its state."""
-        super().__call__(study, trial)
+        """Log the finished trial's params and the callback's tags in one batch, then give its run its name and the
+        status of its state in one update. Its values are already there: `val_accuracy` per epoch, and costs."""
         run_id = trial_run_id(trial)
-        if run_id is not None:
-            status = RUN_STATUS.get(trial.state, "FAILED")
-            MlflowClient().update_run(run_id, status=status, name=trial_run_name(trial.number))
+        if run_id is None:
+            return
+        client = MlflowClient()
+        params = [Param(name, str(value)) for name, value in {**trial.params, "model": self.model}.items()]
+        tags = [RunTag(name, value) for name, value in callback_tags(study, trial).items()]
+        client.log_batch(run_id, params=params, tags=tags)
+        client.update_run(run_id, status=RUN_STATUS.get(trial.state, "FAILED"), name=trial_run_name(trial.number))
 
     def mark_interrupted(self) -> None:
         """End the run of the trial that an interrupt stopped as KILLED (MLflow ended it FAILED)."""
@@ -101,6 +111,57 @@ class TrialTracker(MLflowCallback):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             return self.track_in_mlflow()(objective)
+
+
+def callback_tags(study: optuna.Study, trial: FrozenTrial) -> dict[str, str]:
+    """The tags MLflowCallback(tag_trial_user_attrs=True) gives a finished trial's run (tests/test_tracking.py
+    compares them with the callback's own)."""
+    directions = [d.name for d in study.directions]
+    tags: dict[str, object] = {
+        "number": trial.number,
+        "datetime_start": trial.datetime_start,
+        "datetime_complete": trial.datetime_complete,
+        **({"state": trial.state.name} if trial.state.is_finished() else {}),
+        "direction": directions if len(directions) != 1 else directions[0],
+        **{f"{name}_distribution": str(d) for name, d in trial.distributions.items()},
+        **trial.user_attrs,
+    }
+    return {name: truncated(str(value)) for name, value in tags.items()}
+
+
+def truncated(value: str) -> str:
+    """A tag value cut to MLflow's maximum length, as the callback cuts it."""
+    return value if len(value) <= MAX_TAG_VAL_LENGTH else f"{value[: MAX_TAG_VAL_LENGTH - 3]}..."
+
+
+class MetricBatches:
+    """Metrics for the active run, sent in one request once FLUSH_SECONDS have passed since the last, and at `flush`."""
+
+    def __init__(self) -> None:
+        self.pending: list[Metric] = []
+        self.sent_at = time.monotonic()
+
+    def start(self) -> None:
+        """Begin a new run's batches: drop what an interrupted run left unsent (at most its last FLUSH_SECONDS)."""
+        self.pending, self.sent_at = [], time.monotonic()
+
+    def add(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Queue `metrics` at `step`, timestamped now; send the queue if it is due."""
+        now = get_current_time_millis()
+        self.pending += [Metric(name, float(value), now, step) for name, value in metrics.items()]
+        if time.monotonic() - self.sent_at >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is queued to the active run."""
+        run = mlflow.active_run()
+        if self.pending and run is not None:
+            MlflowClient().log_batch(run.info.run_id, metrics=self.pending)
+        self.pending, self.sent_at = [], time.monotonic()
+
+
+# The running trial's metrics: a trial runs in one thread of one process at a time (workers are processes).
+TRIAL_METRICS = MetricBatches()
 
 
 def running_trial(trial: optuna.Trial) -> FrozenTrial:
@@ -117,31 +178,32 @@ def tracked_objective(
     """The objective run inside a nested child run per trial, and the callback that closes those runs.
 
     `log_trial_inputs` logs the datasets a trial uses to its run, once per trial (not per epoch)."""
-    tracker = TrialTracker()
+    tracker = TrialTracker(settings.model)
 
     def run_trial(trial: optuna.Trial) -> float | Sequence[float]:
-        tags = {MLFLOW_RUN_NAME: trial_run_name(trial.number), STUDY_TAG: settings.study_name, "model": settings.model}
-        retried = retried_trial_number(running_trial(trial))
-        if retried is not None:  # a retry of a trial whose worker died: the UI links the two
-            tags["retry_of_trial"] = str(retried)
-        mlflow.set_tags(tags)
-        mlflow.log_param("model", settings.model)
+        mlflow.set_tag(MLFLOW_RUN_NAME, trial_run_name(trial.number))  # created as "7" by the callback
         if log_trial_inputs is not None:
             log_trial_inputs()
+        TRIAL_METRICS.start()
         try:
-            return objective(trial)
+            value = objective(trial)
+            TRIAL_METRICS.flush()
+            return value
         except optuna.TrialPruned:
+            TRIAL_METRICS.flush()
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # no flush: with the tracking server down it would hold the interrupt for minutes
             trial.set_user_attr(INTERRUPTED, True)
             run = mlflow.active_run()
             tracker.interrupted_run_id = run.info.run_id if run is not None else None
             raise
         except Exception as err:
-            if connection_lost(err):
-                give_up_on_tracking()  # ending the trial's run next would wait through all the retries again
             trial.set_user_attr(EXCEPTION_TYPE, type(err).__name__)
             trial.set_user_attr(EXCEPTION_MESSAGE, str(err)[:1000])
+            if connection_lost(err):
+                give_up_on_tracking()  # ending the trial's run next would wait through all the retries again
+            else:
+                TRIAL_METRICS.flush()  # the curve up to the failure
             raise
 
     tracked = tracker.track(run_trial)
@@ -149,7 +211,11 @@ def tracked_objective(
     @functools.wraps(tracked)
     def run_tagged_trial(trial: optuna.Trial) -> float | Sequence[float]:
         # Tagged from its creation on, before the trial links to it: reconcile finds a run whose worker died between.
-        with run_context_tags({STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number)}):
+        tags = {STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number), "model": settings.model}
+        retried = retried_trial_number(running_trial(trial))
+        if retried is not None:  # a retry of a trial whose worker died: the UI links the two
+            tags["retry_of_trial"] = str(retried)
+        with run_context_tags(tags):
             try:
                 return tracked(trial)
             except Exception as err:
@@ -185,22 +251,22 @@ def run_context_tags(tags: dict[str, str]) -> Iterator[None]:
 
 
 def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
-    """Log one epoch's metrics to the active (child) run in one call, step = epoch.
+    """Queue one epoch's metrics for the trial's run, step = epoch (sent at least every FLUSH_SECONDS).
 
-    Synchronously: MLflow's asynchronous logging starts and drains a thread pool per run, which cost more per trial
-    than it saved (benchmarks/tracking_overhead.py: 1.2 s per trial with it)."""
+    Batched synchronously: MLflow's asynchronous logging starts and drains a thread pool per run, which cost more
+    per trial than it saved (benchmarks/tracking_overhead.py: 1.2 s per trial with it)."""
     metrics = {
         TRAIN_LOSS: result.train_loss,
         VAL_ACCURACY: result.val.accuracy,
         VAL_LOSS: result.val.loss,
         EPOCH_SECONDS: result.seconds,
     }
-    mlflow.log_metrics(metrics, step=result.epoch)
+    TRIAL_METRICS.add(metrics, step=result.epoch)
 
 
 def log_costs(trial: optuna.Trial, costs: ModelCosts) -> None:
-    """Log the trained model's costs (parameters, FLOPs per image, CPU ms per image) to the trial's run."""
-    mlflow.log_metrics(costs.as_metrics())
+    """Queue the trained model's costs (parameters, FLOPs per image, CPU ms per image) for the trial's run."""
+    TRIAL_METRICS.add(costs.as_metrics())
 
 
 def tag_pareto_front(front: list[FrozenTrial]) -> None:
