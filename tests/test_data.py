@@ -8,6 +8,8 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -262,3 +264,44 @@ def test_corrupt_idx_file_is_named_with_its_remedy(archives: Path, tmp_path: Pat
         load_data(tmp_path / "data", seed=0)
     message = str(err.value)
     assert "train-images-idx3-ubyte" in message and problem in message and "delete it" in message
+
+
+def test_decoded_splits_are_cached_and_later_starts_decode_nothing(
+    archives: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared(tmp_path / "data", archives)
+    first = data.read_splits(tmp_path / "data")
+    assert (raw_dir(tmp_path / "data") / data.CACHE_NAME).is_file()
+    monkeypatch.setattr(data, "decode", lambda data_dir: pytest.fail("decoded again despite the cache"))
+    again = data.read_splits(tmp_path / "data")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert first["train_images"].shape == (40, 28, 28) and first["test_labels"].shape == (20,)
+
+
+def test_a_cache_made_from_other_raw_files_is_not_used(archives: Path, tmp_path: Path) -> None:
+    prepared(tmp_path / "first", archives)
+    data.read_splits(tmp_path / "first")
+    other = prepared(tmp_path / "second", write_idx_archives(tmp_path / "other-source", seed=1))
+    shutil.copyfile(raw_dir(tmp_path / "first") / data.CACHE_NAME, other / data.CACHE_NAME)
+    loaded = data.read_splits(tmp_path / "second")
+    assert torch.equal(loaded["train_images"], data.decode(tmp_path / "second")["train_images"])
+    assert data.read_cache(other / data.CACHE_NAME, data.raw_digests(other) or {}) is not None, "replaced"
+
+
+def test_a_damaged_cache_is_decoded_again_and_replaced(archives: Path, tmp_path: Path) -> None:
+    folder = prepared(tmp_path / "data", archives)
+    data.read_splits(tmp_path / "data")
+    (folder / data.CACHE_NAME).write_bytes(b"half a file")
+    loaded = data.read_splits(tmp_path / "data")
+    assert torch.equal(loaded["test_labels"], data.decode(tmp_path / "data")["test_labels"])
+    assert data.read_cache(folder / data.CACHE_NAME, data.raw_digests(folder) or {}) is not None
+
+
+def test_a_start_with_the_cache_does_not_import_torchvision(data_dir: Path, real_data: FashionData) -> None:
+    script = (
+        "import sys; from pathlib import Path; from fashion_hpo.data import load_test_split; "
+        f"test = load_test_split(Path({str(data_dir)!r})); print(len(test), 'torchvision' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["10000", "False"]
