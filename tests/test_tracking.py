@@ -147,12 +147,17 @@ def test_what_tracking_relies_on_inside_mlflow_callback_still_holds(tracking_uri
     from optuna_integration.mlflow import MLflowCallback
     from optuna_integration.mlflow.mlflow import RUN_ID_ATTRIBUTE_KEY
 
+    run_kwargs: dict[str, object] = {"nested": False}  # not empty: the callback replaces an empty one with its own
     with pytest.warns(FutureWarning, match="MLflowCallback"):  # deprecated since 4.9.0, kept on purpose
-        callback = MLflowCallback(metric_name=VAL_ACCURACY, create_experiment=False, tag_trial_user_attrs=True)
+        callback = MLflowCallback(
+            metric_name=VAL_ACCURACY, create_experiment=False, tag_trial_user_attrs=True, mlflow_kwargs=run_kwargs
+        )
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
         objective = callback.track_in_mlflow()(a_trial_with_attributes)
+    run_kwargs["run_name"] = "named-after-construction"
     study = optuna.create_study(direction="maximize")
     study.optimize(objective, n_trials=1, callbacks=[callback])
+    assert created_as == ["named-after-construction"], "track_in_mlflow reads run_name from the dict it was given"
     run_id = study.trials[0].system_attrs[RUN_ID_ATTRIBUTE_KEY]
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [run.info.run_id for run in runs] == [run_id], "__call__ resumed the run that track_in_mlflow created"
@@ -160,8 +165,12 @@ def test_what_tracking_relies_on_inside_mlflow_callback_still_holds(tracking_uri
     assert tags == callback_tags(study, study.trials[0]), "TrialTracker writes the tags the callback writes"
 
 
+created_as: list[str] = []  # the name of the run a_trial_with_attributes ran in
+
+
 def a_trial_with_attributes(trial: optuna.Trial) -> float:
     """Two distributions and a user attribute long enough to be cut, for the callback to turn into tags."""
+    created_as.append(mlflow.active_run().info.run_name)
     trial.suggest_float("lr", 1e-4, 1e-1, log=True)
     trial.suggest_categorical("optimizer", ["Adam", "SGD"])
     trial.set_user_attr("note", "x" * 9000)

@@ -20,7 +20,6 @@ import optuna
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from optuna.trial import FrozenTrial, TrialState
@@ -48,6 +47,8 @@ from fashion_hpo.training import EpochResult
 # 1. `track_in_mlflow` stores the child run's id in the trial's system attribute named by RUN_ID_ATTRIBUTE_KEY
 #    (module optuna_integration.mlflow.mlflow), and `__call__` resumes the run stored there.
 # 2. `__call__` writes the tags that `callback_tags` below builds (TrialTracker writes them itself, in one batch).
+# 3. The callback keeps the (non-empty) `mlflow_kwargs` dict it was given, not a copy, and `track_in_mlflow` names
+#    each new run `mlflow_kwargs["run_name"]`, read as the trial starts: TrialTracker sets it per trial.
 
 # A study's objective: one value, or one per objective of a multi-objective study.
 Objective = Callable[[optuna.Trial], float | Sequence[float]]
@@ -73,32 +74,38 @@ def trial_run_name(number: int) -> str:
 
 
 class TrialTracker(MLflowCallback):
-    """optuna-integration's MLflowCallback, with readable run names, statuses per trial state, and each trial's
-    outcome written in two requests (the callback's own `__call__` resumes and ends the run: six)."""
+    """optuna-integration's MLflowCallback, with runs named per trial from their creation, statuses per trial state,
+    and each trial's outcome written in one request (the callback's own `__call__` resumes and ends the run: four)."""
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.interrupted_run_id: str | None = None
+        self.run_kwargs: dict[str, object] = {"nested": True}  # the callback reads run_name from it per trial
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "MLflowCallback has been deprecated", FutureWarning)
             super().__init__(
                 metric_name=OPTIMIZED_METRIC,
                 create_experiment=False,  # the parent run chose the experiment; children follow it
-                mlflow_kwargs={"nested": True},
+                mlflow_kwargs=self.run_kwargs,
                 tag_trial_user_attrs=True,
             )
 
+    def name_next_run(self, number: int) -> None:
+        """Have the next trial's run created with its readable name (see PRIVATE CONTRACT 3)."""
+        self.run_kwargs["run_name"] = trial_run_name(number)
+
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Log the finished trial's params and the callback's tags in one batch, then give its run its name and the
-        status of its state in one update. Its values are already there: `val_accuracy` per epoch, and costs."""
+        """Send the finished trial's unsent metrics, its params and the callback's tags in one batch; then, unless it
+        completed (its run ended FINISHED), give its run the status of its state."""
         run_id = trial_run_id(trial)
         if run_id is None:
             return
         client = MlflowClient()
         params = [Param(name, str(value)) for name, value in {**trial.params, "model": self.model}.items()]
         tags = [RunTag(name, value) for name, value in callback_tags(study, trial).items()]
-        client.log_batch(run_id, params=params, tags=tags)
-        client.update_run(run_id, status=RUN_STATUS.get(trial.state, "FAILED"), name=trial_run_name(trial.number))
+        client.log_batch(run_id, metrics=TRIAL_METRICS.take(), params=params, tags=tags)
+        if trial.state != TrialState.COMPLETE:  # MLflow ended the run FAILED, or FINISHED if it returned no number
+            client.update_run(run_id, status=RUN_STATUS.get(trial.state, "FAILED"))
 
     def mark_interrupted(self) -> None:
         """End the run of the trial that an interrupt stopped as KILLED (MLflow ended it FAILED)."""
@@ -156,8 +163,12 @@ class MetricBatches:
         """Send what is queued to the active run."""
         run = mlflow.active_run()
         if self.pending and run is not None:
-            MlflowClient().log_batch(run.info.run_id, metrics=self.pending)
-        self.pending, self.sent_at = [], time.monotonic()
+            MlflowClient().log_batch(run.info.run_id, metrics=self.take())
+
+    def take(self) -> list[Metric]:
+        """What is queued, now no longer queued (to send it with other data in one request)."""
+        pending, self.pending, self.sent_at = self.pending, [], time.monotonic()
+        return pending
 
 
 # The running trial's metrics: a trial runs in one thread of one process at a time (workers are processes).
@@ -181,16 +192,12 @@ def tracked_objective(
     tracker = TrialTracker(settings.model)
 
     def run_trial(trial: optuna.Trial) -> float | Sequence[float]:
-        mlflow.set_tag(MLFLOW_RUN_NAME, trial_run_name(trial.number))  # created as "7" by the callback
         if log_trial_inputs is not None:
             log_trial_inputs()
-        TRIAL_METRICS.start()
+        TRIAL_METRICS.start()  # what is still queued when the trial ends goes with the callback's batch
         try:
-            value = objective(trial)
-            TRIAL_METRICS.flush()
-            return value
+            return objective(trial)
         except optuna.TrialPruned:
-            TRIAL_METRICS.flush()
             raise
         except KeyboardInterrupt:  # no flush: with the tracking server down it would hold the interrupt for minutes
             trial.set_user_attr(INTERRUPTED, True)
@@ -202,8 +209,6 @@ def tracked_objective(
             trial.set_user_attr(EXCEPTION_MESSAGE, str(err)[:1000])
             if connection_lost(err):
                 give_up_on_tracking()  # ending the trial's run next would wait through all the retries again
-            else:
-                TRIAL_METRICS.flush()  # the curve up to the failure
             raise
 
     tracked = tracker.track(run_trial)
@@ -215,6 +220,7 @@ def tracked_objective(
         retried = retried_trial_number(running_trial(trial))
         if retried is not None:  # a retry of a trial whose worker died: the UI links the two
             tags["retry_of_trial"] = str(retried)
+        tracker.name_next_run(trial.number)
         with run_context_tags(tags):
             try:
                 return tracked(trial)
