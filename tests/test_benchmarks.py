@@ -40,9 +40,9 @@ def test_gpu_script_falls_back_to_the_quick_cpu_runs(gpu_script_on_cpu: tuple[st
 def test_pipeline_ratio_reports_both_pipelines(gpu_script_on_cpu: tuple[str, Path]) -> None:
     stdout, output = gpu_script_on_cpu
     report = json.loads((output / "pipeline_ratio.json").read_text())
-    assert len(report["trials"]) == 3
-    assert report["seed_s"] > 0 and report["ours_s"] > 0
-    assert "goal >= 10" in stdout
+    assert len(report["trials"]) == 3 and len(report["seed_space"]["trials"]) == 3
+    assert report["seed_s"] > 0 and report["ours_s"] > 0 and report["seed_space"]["ours_s"] > 0
+    assert "goal >= 10" in stdout and "the seed notebook's space" in stdout
 
 
 @pytest.mark.slow
@@ -60,6 +60,7 @@ def test_tracking_overhead_compares_on_and_off(gpu_script_on_cpu: tuple[str, Pat
     report = json.loads((output / "tracking_overhead.json").read_text())
     assert report["off_s"] > 0 and report["on_s"] > 0
     assert {"overhead", "per_trial_s"} <= set(report)
+    assert report["tracking_alone"]["tracked_s"] > report["tracking_alone"]["untracked_s"] > 0
     assert "goal <= 3%" in stdout
 
 
@@ -130,6 +131,29 @@ def test_cnn_speedups_quick_run_prices_each_variant_as_a_trial(real_data_dir: Pa
             continue
         assert row["trial_s"] > row["one_time_s"] >= 0 and row["vs_ours"] > 0
     assert set(report["eval_batch_s"]) == {"512", "4096", "10000"}
+
+
+@pytest.mark.slow
+def test_champion_load_quick_run_compares_the_loaders_with_the_imports(tmp_path: Path) -> None:
+    output = tmp_path / "load.json"
+    result = run_quick("champion_load.py", REPO / "data", output)
+    report = json.loads(output.read_text())
+    assert report["import_s"] > 0 and len(report["load_s"]) == 6 and report["predict_s"] > 0
+    assert report["load_ratio"] == report["load_s"]["pyfunc, state dict rebuilt (now)"] / report["import_s"]
+    assert "goal <= 0.5x" in result.stdout and "goal <= 1.5x" in result.stdout
+
+
+@pytest.mark.slow
+def test_startup_quick_run_times_each_process_to_its_first_trial(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "startup.json"
+    before = sorted((real_data_dir / "FashionMNIST" / "raw").iterdir())
+    run_quick("startup.py", real_data_dir, output)
+    assert sorted((real_data_dir / "FashionMNIST" / "raw").iterdir()) == before, "it works on a private copy"
+    rows = json.loads(output.read_text())["first_trial_s"]
+    assert list(rows) == ["workers 1, no cache", "workers 1, cache", "workers 2, no cache", "workers 2, cache"]
+    assert [len(seconds) for seconds in rows.values()] == [1, 1, 2, 2] and all(
+        s > 0 for seconds in rows.values() for s in seconds
+    )
 
 
 @pytest.mark.slow
