@@ -105,7 +105,8 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     budget = f"_max_params_{args.max_params}" if args.max_params else ""
-    objectives = "_vs_" + "_".join(args.objectives.split(",")[1:]) if front else ""
+    others = args.objectives.split(",")[1:]
+    objectives = "_vs_" + "_".join(others) if others else ""
     pruner = f"_{args.pruner}" if args.pruner != "median" else ""
     name = f"quality_{args.model}{budget}{objectives}{pruner}.json"
     (args.output or HERE / name).write_text(json.dumps(result, indent=2))

@@ -297,6 +297,7 @@ def test_a_damaged_cache_is_decoded_again_and_replaced(archives: Path, tmp_path:
     assert data.read_cache(folder / data.CACHE_NAME, data.raw_digests(folder) or {}) is not None
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_a_start_with_the_cache_does_not_import_torchvision(data_dir: Path, real_data: FashionData) -> None:
     script = (
         "import sys; from pathlib import Path; from fashion_hpo.data import load_test_split; "
@@ -305,3 +306,18 @@ def test_a_start_with_the_cache_does_not_import_torchvision(data_dir: Path, real
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["10000", "False"]
+
+
+def test_a_cache_of_another_format_or_shape_is_decoded_again(archives: Path, tmp_path: Path) -> None:
+    folder = prepared(tmp_path / "data", archives)
+    tensors = data.read_splits(tmp_path / "data")
+    digests = data.raw_digests(folder) or {}
+    for damaged in (
+        {**tensors, "train_images": tensors["train_images"].float()},
+        {"train_images": tensors["train_images"]},
+    ):
+        data.write_cache(folder / data.CACHE_NAME, digests, damaged)
+        assert data.read_cache(folder / data.CACHE_NAME, digests) is None
+    torch.save({"format": data.CACHE_FORMAT + 1, "digests": digests, "tensors": tensors}, folder / data.CACHE_NAME)
+    assert data.read_cache(folder / data.CACHE_NAME, digests) is None
+    assert torch.equal(data.read_splits(tmp_path / "data")["test_images"], tensors["test_images"])

@@ -89,16 +89,20 @@ def past_grace(settings: RunSettings) -> RunSettings:
     return replace(settings, grace_period=0)
 
 
-def run_trials(data: FashionData, settings: RunSettings, tracked: bool = True) -> tuple[optuna.Study, str]:
+def run_trials(
+    data: FashionData, settings: RunSettings, tracked: bool = True, closed: bool = True
+) -> tuple[optuna.Study, str]:
     """The study's trials (trial 1 pruned), each in its own child run as `fashion-hpo study` runs them, or, with
-    `tracked` off, with no run at all (as when the tracking server was down); returns the study and parent run."""
+    `tracked` off, with no run at all (as when the tracking server was down), or, with `closed` off, with runs that
+    no callback closed (as when the worker died just before it); returns the study and parent run."""
     study = open_study(settings)
     study.pruner = PruneTrialOne()
     objective = make_objective(data, "mlp", EPOCHS, 0, report=log_epoch if tracked else None)
     with parent_run(settings) as run_id:
         if tracked:
             wrapped, tracker = tracked_objective(objective, settings)
-            run_search(study, wrapped, settings, callbacks=[tracker], show_progress_bar=False)
+            callbacks = [tracker] if closed else []
+            run_search(study, wrapped, settings, callbacks=callbacks, show_progress_bar=False)
         else:
             run_search(study, objective, settings, show_progress_bar=False)
     return study, run_id
@@ -124,6 +128,25 @@ def trial_runs(study_name: str = "rec") -> list[mlflow.entities.Run]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, f"tags.{STUDY_TAG} = '{study_name}'", max_results=1000)
     return [run for run in runs if TRIAL_NUMBER_TAG in run.data.tags]
+
+
+def test_run_its_callback_never_closed_gets_params_state_curve_and_status(
+    tiny_data: FashionData, tracking_store: str, tmp_path: Path
+) -> None:
+    settings = study_settings(tmp_path, n_trials=2)
+    study, parent_id = run_trials(tiny_data, settings, closed=False)
+    run_ids = [trial_run_id(trial) or "" for trial in study.trials]
+    assert [MlflowClient().get_run(run_id).data.tags["state"] for run_id in run_ids] == ["RUNNING"] * 2
+    assert reconcile_runs(study, settings, parent_id).ended == [], "within the grace period: maybe a live callback"
+    assert sorted(reconcile_runs(study, past_grace(settings), parent_id).ended) == sorted(run_ids)
+    runs = [MlflowClient().get_run(run_id) for run_id in run_ids]
+    assert [run.info.status for run in runs] == ["FINISHED", "KILLED"]
+    assert [run.data.tags["state"] for run in runs] == ["COMPLETE", "PRUNED"]
+    for run, trial in zip(runs, study.trials, strict=True):
+        assert run.data.params == {"model": "mlp", **{k: str(v) for k, v in trial.params.items()}}
+        curve = MlflowClient().get_metric_history(run.info.run_id, VAL_ACCURACY)
+        assert {m.step: m.value for m in curve} == trial.intermediate_values
+        assert "left RUNNING" in run.data.tags[RECONCILED]
 
 
 def test_running_run_of_a_finished_trial_gets_the_status_of_its_state(
@@ -263,8 +286,8 @@ def stop():
     os.kill(os.getpid(), signal.SIGSTOP)
 
 if os.environ["FASHION_HPO_TEST_STOP_AT"] == "in-callback":
-    # Inside the callback, after it resumed the finished trial's run, before it ends it.
-    TrialTracker._log_metrics = lambda self, values: stop()
+    # In the callback, before it closes the run: Optuna has recorded the trial's end and MLflow ended its run.
+    TrialTracker.__call__ = lambda self, study, trial: stop()
 else:
     # Just after the trial's run was created, before the trial links to it (the study's storage class: it wraps
     # Optuna's methods with its reconnecting retry when it is defined).

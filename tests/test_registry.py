@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import sys
 from pathlib import Path
 
 import mlflow
@@ -171,10 +173,16 @@ def test_other_image_layouts_are_reshaped_by_the_serving_module() -> None:
 def test_predict_checks_the_models_requirements_package_by_package(saved_model: str, tmp_path: Path) -> None:
     assert requirement_mismatches(Path(saved_model)) == [], "saved here: this environment meets them"
     (tmp_path / "requirements.txt").write_text(
-        "# pinned when logged\n-r extra.txt\ntorch==0.0.1\nno-such-package-xyz>=1\n"
+        "# pinned when logged\n-r extra.txt\ntorch==0.0.1\nno-such-package-xyz>=1\nother==1; python_version < '3'\n"
         + (Path(saved_model) / "requirements.txt").read_text()
     )
+    (tmp_path / "MLmodel").write_text(
+        (Path(saved_model) / "MLmodel").read_text().replace("python_version: 3.", "python_version: 2.")
+    )
     assert requirement_mismatches(tmp_path) == [
-        f"torch==0.0.1 (installed: {torch.__version__.split('+')[0]})",
+        f"torch==0.0.1 (installed: {importlib.metadata.version('torch')})",
         "no-such-package-xyz>=1 (installed: none)",
+        f"Python 2.{'.'.join(map(str, sys.version_info[1:3]))} (running: {'.'.join(map(str, sys.version_info[:3]))})",
     ]
+    (tmp_path / "requirements.txt").unlink()
+    assert [m.split()[0] for m in requirement_mismatches(tmp_path)] == ["Python"], "no requirements: nothing to compare"

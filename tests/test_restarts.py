@@ -20,7 +20,16 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.constants import VAL_ACCURACY
-from fashion_hpo.data import LOCK_NAME, RAW_FILES, STAMP_NAME, has_raw_files, raw_dir
+from fashion_hpo.data import (
+    CACHE_NAME,
+    LOCK_NAME,
+    RAW_FILES,
+    STAMP_NAME,
+    has_raw_files,
+    raw_digests,
+    raw_dir,
+    read_cache,
+)
 from fashion_hpo.reconcile import trial_number
 from fashion_hpo.storage import RECONNECTING, BudgetedStorage, engine_url, reconnecting
 from tests.conftest import TrackingServer, subprocess_env, tracking_server
@@ -177,8 +186,10 @@ def test_three_workers_start_together_on_a_fresh_folder(tmp_path: Path, new_data
         assert all("Traceback" not in out for out in outputs)
         assert_every_trial_tracked(storage, server, 3)
     assert has_raw_files(data_dir)
-    leftovers = {p.name for p in raw_dir(data_dir).iterdir()} - {*RAW_FILES, STAMP_NAME, LOCK_NAME}
+    leftovers = {p.name for p in raw_dir(data_dir).iterdir()} - {*RAW_FILES, STAMP_NAME, LOCK_NAME, CACHE_NAME}
     assert not leftovers, "no temporary file left behind"
+    digests = raw_digests(raw_dir(data_dir))
+    assert digests and read_cache(raw_dir(data_dir) / CACHE_NAME, digests), "the splits cache they wrote is whole"
 
 
 # What Optuna's cache asks of the storage only while opening or managing studies, not while trials run.

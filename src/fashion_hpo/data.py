@@ -32,6 +32,7 @@ STAMP_NAME = ".fashion-hpo-sha256.json"
 # The decoded splits, saved with the digests of the raw files they came from: a later start loads them in a tenth of
 # a second instead of importing torchvision and parsing the IDX files (benchmarks/startup.py).
 CACHE_NAME = ".fashion-hpo-tensors.pt"
+CACHE_FORMAT = 1  # raised whenever what the cache holds changes: a cache of another format is decoded again
 LOCK_NAME = ".fashion-hpo.lock"
 LOCK_TIMEOUT_S = 900.0  # a slow first download; a holder that dies releases the lock at once
 CHUNK_SIZE = 1 << 20
@@ -346,13 +347,33 @@ def read_cache(path: Path, digests: dict[str, str]) -> dict[str, torch.Tensor] |
         cache = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # none yet, damaged, or written by another torch version: decode again and replace it
         return None
-    return cache["tensors"] if isinstance(cache, dict) and cache.get("digests") == digests else None
+    if not isinstance(cache, dict) or (cache.get("format"), cache.get("digests")) != (CACHE_FORMAT, digests):
+        return None
+    tensors = cache.get("tensors")
+    return tensors if well_formed(tensors) else None
+
+
+def well_formed(tensors: object) -> bool:
+    """Whether `tensors` holds both splits as `decode` returns them: uint8 images (N, 28, 28), N int64 labels."""
+    keys = {f"{split}_{kind}" for split in ("train", "test") for kind in ("images", "labels")}
+    if not isinstance(tensors, dict) or set(tensors) != keys:
+        return False
+    return all(
+        images.dtype == torch.uint8
+        and images.shape[1:] == (28, 28)
+        and labels.dtype == torch.int64
+        and labels.shape == (len(images),)
+        for images, labels in (
+            (tensors["train_images"], tensors["train_labels"]),
+            (tensors["test_images"], tensors["test_labels"]),
+        )
+    )
 
 
 def write_cache(path: Path, digests: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
     """Save the decoded splits with their raw files' digests, atomically; a read-only folder keeps no cache."""
     buffer = io.BytesIO()
-    torch.save({"digests": digests, "tensors": tensors}, buffer)
+    torch.save({"format": CACHE_FORMAT, "digests": digests, "tensors": tensors}, buffer)
     with contextlib.suppress(OSError):  # then every start decodes the IDX files, as without a cache
         write_atomically(path, [buffer.getvalue()])
 

@@ -1,7 +1,7 @@
 """Registry integrity: SHA-256 digests of a logged model's files, written on its registered version by the process
 that registers it, and checked against a fresh download before the model is loaded.
 
-A model is code (its pickled module, the package shipped with it, its requirements): whoever can replace its files
+A model is code (the package shipped with it, its requirements) and weights: whoever can replace its files
 in the artifact store could otherwise run anything wherever `models:/...@champion` is loaded.
 """
 

@@ -52,7 +52,7 @@ def load_model(model_uri: str, scratch: Path) -> Any:
             return mlflow.pyfunc.load_model(model_uri)
         folder = download_verified(version, scratch)
         for mismatch in requirement_mismatches(folder):
-            print(f"warning: the model requires {mismatch}", file=sys.stderr)
+            print(f"warning: the model was saved with {mismatch}", file=sys.stderr)
         return mlflow.pyfunc.load_model(str(folder), suppress_warnings=True)  # its check: requirement_mismatches
     except IntegrityError as err:
         raise ModelLoadError(f"refusing {model_uri!r}: {err}") from None
@@ -65,17 +65,22 @@ def load_model(model_uri: str, scratch: Path) -> Any:
 
 
 def requirement_mismatches(folder: Path) -> list[str]:
-    """The model's pip requirements that this environment does not meet, as "name==X (installed: Y)". Checked package
-    by package: MLflow's own check first maps the files of every installed package, over a second per load."""
+    """What the model at `folder` was saved with that this environment lacks: its pip requirements not met, as
+    "name==X (installed: Y)", and another Python minor version. Checked package by package, where MLflow's own check
+    first maps the files of every installed package, over a second per load."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from mlflow.models import Model
     from packaging.requirements import InvalidRequirement, Requirement
 
     mismatches = []
-    for line in (folder / "requirements.txt").read_text().splitlines():
+    path = folder / "requirements.txt"
+    for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             requirement = Requirement(line.strip())
         except InvalidRequirement:  # comments, blank lines, options and paths: nothing to compare
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate():
             continue
         try:
             installed: str | None = version(requirement.name)
@@ -83,6 +88,10 @@ def requirement_mismatches(folder: Path) -> list[str]:
             installed = None
         if installed is None or not requirement.specifier.contains(installed, prereleases=True):
             mismatches.append(f"{requirement} (installed: {installed or 'none'})")
+    saved_with = Model.load(str(folder)).flavors.get("python_function", {}).get("python_version", "")
+    running = ".".join(map(str, sys.version_info[:3]))
+    if saved_with.split(".")[:2] != running.split(".")[:2]:
+        mismatches.append(f"Python {saved_with} (running: {running})")
     return mismatches
 
 

@@ -2,9 +2,10 @@
 
 Called whenever a worker starts, reclaims a stale trial, or writes the study summary:
 - a trial run left RUNNING while its trial is finished (its worker died between Optuna recording the trial's end and
-  the callback ending the run, or between creating the run and linking it to the trial) gets the status its trial's
-  state implies (an unlinked run: FAILED), and the dead worker's run above it is ended FAILED; both are tagged
-  `reconciled` with the reason. A run whose trial still runs is left to the heartbeat reclaim; one whose trial ended
+  the callback closing the run, so that its `state` tag still says RUNNING, or between creating the run and linking
+  it to the trial) gets its params, state, validation curve if it lacks one, and the status its trial's state implies
+  (an unlinked run: FAILED), and the dead worker's run above it is ended FAILED; both are tagged `reconciled` with
+  the reason. A run whose trial still runs is left to the heartbeat reclaim; one whose trial ended
   less than the grace period ago may be a live worker's, inside its callback, and is left to a later call;
 - a finished trial with no run at all (the tracking server was down when it started, or its worker died before
   creating it) gets one under the invocation's run, made from the trial: params, per-epoch validation accuracy,
@@ -12,8 +13,8 @@ Called whenever a worker starts, reclaims a stale trial, or writes the study sum
   create two.
 
 Runs are matched to trials by the trial's `mlflow_run_id` link, else by the study tag and trial number that every
-trial run carries from its creation. One search_runs per call: only RUNNING runs, unless a finished trial has no
-link (only then can a run be missing).
+trial run carries from its creation. Two search_runs per call (status RUNNING; state tag RUNNING), or one of all the
+study's runs when a finished trial has no link (only then can a run be missing).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from optuna.trial import FrozenTrial
 from fashion_hpo.constants import INTERRUPTED, STUDY_TAG, VAL_ACCURACY
 from fashion_hpo.settings import RunSettings, UsageError
 from fashion_hpo.storage import retried_trial_number, study_lock
-from fashion_hpo.tracking import RUN_STATUS, TRIAL_NUMBER_TAG, trial_run_id, trial_run_name
+from fashion_hpo.tracking import RUN_STATUS, RUNNING, STATE_TAG, TRIAL_NUMBER_TAG, trial_run_id, trial_run_name
 
 # Tags: why reconcile changed or created a run; and that a run was created from its Optuna trial.
 RECONCILED = "reconciled"
@@ -81,12 +82,22 @@ def reconcile_runs(
 
 
 def study_runs(client: MlflowClient, study_name: str, running_only: bool) -> list[Run]:
-    """The runs tagged with the study (trials', workers', parents'), in any active experiment."""
+    """The runs tagged with the study (trials', workers', parents'), in any active experiment; with `running_only`,
+    those left running: status RUNNING, or a trial run whose state tag still says RUNNING."""
     experiments = [e.experiment_id for e in all_pages(lambda token: client.search_experiments(page_token=token))]
-    query = f"tags.{STUDY_TAG} = {quoted(study_name)}"
-    if running_only:
-        query += " and attributes.status = 'RUNNING'"
-    return all_pages(lambda token: client.search_runs(experiments, query, max_results=PAGE, page_token=token))
+    study = f"tags.{STUDY_TAG} = {quoted(study_name)}"
+    queries = [f"{study} and attributes.status = 'RUNNING'", f"{study} and tags.{STATE_TAG} = '{RUNNING}'"]
+
+    def search(query: str) -> list[Run]:
+        return all_pages(lambda token: client.search_runs(experiments, query, max_results=PAGE, page_token=token))
+
+    found = {run.info.run_id: run for query in (queries if running_only else [study]) for run in search(query)}
+    return list(found.values())
+
+
+def left_running(run: Run) -> bool:
+    """Whether the run was never closed: still RUNNING, or a trial run its callback never gave the final state."""
+    return run.info.status == "RUNNING" or run.data.tags.get(STATE_TAG) == RUNNING
 
 
 def all_pages(search: Callable[[str | None], PagedList[T]]) -> list[T]:
@@ -135,7 +146,8 @@ class StuckRule:
 def end_stuck_runs(
     client: MlflowClient, runs: list[Run], trials: list[FrozenTrial], stuck: StuckRule, own_run_id: str | None
 ) -> list[str]:
-    """End the RUNNING trial runs whose trials finished, and the runs of their dead workers; returns the ids ended."""
+    """End the trial runs left running whose trials finished, and the runs of their dead workers; returns the ids
+    ended."""
     by_link = {trial_run_id(t): t for t in trials}
     by_number = {t.number: t for t in trials}
     by_id = {run.info.run_id: run for run in runs}
@@ -143,7 +155,7 @@ def end_stuck_runs(
     for run in runs:
         number = trial_number(run)
         trial = by_link.get(run.info.run_id) or (by_number.get(number) if number is not None else None)
-        if run.info.status != "RUNNING" or trial is None or not trial.state.is_finished() or not stuck(trial):
+        if not left_running(run) or trial is None or not trial.state.is_finished() or not stuck(trial):
             continue
         linked = trial_run_id(trial) == run.info.run_id
         end_trial_run(client, run, trial, linked)
@@ -158,13 +170,16 @@ def end_stuck_runs(
 
 
 def end_trial_run(client: MlflowClient, run: Run, trial: FrozenTrial, linked: bool) -> None:
-    """End a stuck trial run as its callback would have: params, state, name, and the status of the trial's state
-    (an unlinked run, which never ran the trial: FAILED)."""
-    how = "its worker died before the run was linked to it" if not linked else "its worker died before ending it"
+    """End a stuck trial run as its callback would have: params, state, name, the epochs of its validation curve it
+    lacks (the metrics its worker had not sent yet died with it), and the status of the trial's state (an unlinked
+    run, which never ran the trial: FAILED)."""
+    how = "its worker died before the run was linked to it" if not linked else "its worker died before closing it"
     reason = f"trial {trial.number} is {trial.state.name} in Optuna, but its run was left RUNNING ({how})"
-    params = [Param(k, str(v)) for k, v in trial.params.items() if k not in run.data.params] if linked else []
-    tags = [RunTag(RECONCILED, reason), RunTag("state", trial.state.name)]
-    client.log_batch(run.info.run_id, params=params, tags=tags)
+    params = [p for p in trial_params(trial, trial.user_attrs.get("model")) if p.key not in run.data.params]
+    sent = {m.step for m in client.get_metric_history(run.info.run_id, VAL_ACCURACY)} if linked else set()
+    curve = [metric for metric in validation_curve(trial) if metric.step not in sent]
+    tags = [RunTag(RECONCILED, reason), RunTag(STATE_TAG, trial.state.name)]
+    client.log_batch(run.info.run_id, metrics=curve if linked else [], params=params if linked else [], tags=tags)
     client.set_terminated(run.info.run_id, status=run_status(trial) if linked else "FAILED")
     if run.info.run_name != trial_run_name(trial.number):
         client.update_run(run.info.run_id, name=trial_run_name(trial.number))
@@ -190,7 +205,7 @@ def recover_run(client: MlflowClient, study: optuna.Study, trial: FrozenTrial, p
         MLFLOW_PARENT_RUN_ID: parent_run_id,
         STUDY_TAG: study.study_name,
         TRIAL_NUMBER_TAG: str(trial.number),
-        "state": trial.state.name,
+        STATE_TAG: trial.state.name,
         RECOVERED: "true",
         RECONCILED: f"trial {trial.number} ended with no run in the tracking store; created from the Optuna trial",
         **{key: str(value) for key, value in trial.user_attrs.items()},
@@ -199,16 +214,21 @@ def recover_run(client: MlflowClient, study: optuna.Study, trial: FrozenTrial, p
     if retried is not None:
         tags["retry_of_trial"] = str(retried)
     run = client.create_run(experiment, start_time=started, tags=tags, run_name=trial_run_name(trial.number))
-    model = trial.user_attrs.get("model", study.user_attrs.get("model"))
-    params = {**({"model": model} if model else {}), **trial.params}
-    curve = sorted(trial.intermediate_values.items())
-    client.log_batch(
-        run.info.run_id,
-        metrics=[Metric(VAL_ACCURACY, value, ended, step) for step, value in curve],
-        params=[Param(key, str(value)) for key, value in params.items()],
-    )
+    params = trial_params(trial, trial.user_attrs.get("model", study.user_attrs.get("model")))
+    client.log_batch(run.info.run_id, metrics=validation_curve(trial), params=params)
     client.set_terminated(run.info.run_id, status=run_status(trial), end_time=ended)
     return trial.number
+
+
+def trial_params(trial: FrozenTrial, model: str | None) -> list[Param]:
+    """A trial's params as its run records them: the model kind (when known) and the sampled ones."""
+    return [Param(key, str(value)) for key, value in {**({"model": model} if model else {}), **trial.params}.items()]
+
+
+def validation_curve(trial: FrozenTrial) -> list[Metric]:
+    """The validation accuracy per epoch that the trial reported to Optuna, as metrics stamped with its end."""
+    ended = millis(trial.datetime_complete)
+    return [Metric(VAL_ACCURACY, value, ended, step) for step, value in sorted(trial.intermediate_values.items())]
 
 
 def millis(moment: datetime | None) -> int:

@@ -97,7 +97,7 @@ def flavor_kwargs(model: nn.Module, architecture: ModelConfig, example: np.ndarr
         "signature": SIGNATURE,
         "input_example": example.astype(np.float32),
         "pip_requirements": pip_requirements(),
-        # The pickled module and the pyfunc live in fashion_hpo; shipping the package makes them load anywhere.
+        # The pyfunc and the models it rebuilds live in fashion_hpo; shipping the package makes them load anywhere.
         "code_paths": [str(Path(fashion_hpo.__file__).parent)],
     }
 

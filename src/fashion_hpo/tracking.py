@@ -20,7 +20,6 @@ import optuna
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
-from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration.mlflow import MLflowCallback
@@ -43,23 +42,29 @@ from fashion_hpo.settings import RunSettings
 from fashion_hpo.storage import retried_trial_number
 from fashion_hpo.training import EpochResult
 
-# PRIVATE CONTRACT with optuna-integration's MLflowCallback (5.0):
+# PRIVATE CONTRACT with optuna-integration's MLflowCallback (5.0), and MLflow's tag length limit:
 # 1. `track_in_mlflow` stores the child run's id in the trial's system attribute named by RUN_ID_ATTRIBUTE_KEY
-#    (module optuna_integration.mlflow.mlflow), and `__call__` resumes the run stored there.
-# 2. `__call__` writes the tags that `callback_tags` below builds (TrialTracker writes them itself, in one batch).
+#    (module optuna_integration.mlflow.mlflow); TrialTracker's `__call__` finds the run there.
+# 2. The callback's own `__call__` writes the tags that `callback_tags` below builds, cut to MLflow's
+#    MAX_TAG_VAL_LENGTH (mlflow.utils.validation); TrialTracker writes the same, in one batch with the params.
 # 3. The callback keeps the (non-empty) `mlflow_kwargs` dict it was given, not a copy, and `track_in_mlflow` names
 #    each new run `mlflow_kwargs["run_name"]`, read as the trial starts: TrialTracker sets it per trial.
+# tests/test_tracking.py::test_what_tracking_relies_on_inside_mlflow_callback_still_holds checks all three.
 
 # A study's objective: one value, or one per objective of a multi-objective study.
 Objective = Callable[[optuna.Trial], float | Sequence[float]]
 # Tag of the runs of a multi-objective study's Pareto-front trials.
 PARETO_TAG = "pareto"
-# The callback ends every trial's run FINISHED; these statuses let the UI's status column tell them apart.
+# The status of a finished trial's run per trial state, so that the UI's status column tells them apart.
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 # The tag in which the callback records a run's trial number; every trial run carries it from its creation on.
 TRIAL_NUMBER_TAG = "number"
-# Epoch metrics reach the trial's run at least this often (live curves in the UI) and when the trial ends, in one
-# request each: a request per epoch made tracking the biggest fixed cost of a short trial.
+# The tag in which the callback records the trial's state. A trial run carries STATE_TAG=RUNNING from its creation
+# until the callback writes the final state: reconcile finds a run whose worker died before that (its status may
+# already say FINISHED or FAILED, which MLflow set when the objective returned or raised).
+STATE_TAG, RUNNING = "state", "RUNNING"
+# Epoch metrics go to the trial's run in one request once this many seconds have passed since the last (live curves
+# in the UI); the rest with the callback's batch: a request per epoch was the biggest fixed cost of a short trial.
 FLUSH_SECONDS = 1.0
 
 
@@ -75,11 +80,12 @@ def trial_run_name(number: int) -> str:
 
 class TrialTracker(MLflowCallback):
     """optuna-integration's MLflowCallback, with runs named per trial from their creation, statuses per trial state,
-    and each trial's outcome written in one request (the callback's own `__call__` resumes and ends the run: four)."""
+    and each trial's outcome written in one request, plus a status update unless it completed (the callback's own
+    `__call__` resumes and ends the run: four requests). One trial at a time (studies run with n_jobs=1)."""
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.interrupted_run_id: str | None = None
+        self.interrupted: tuple[str, dict[str, object]] | None = None  # the run and params of an interrupted trial
         self.run_kwargs: dict[str, object] = {"nested": True}  # the callback reads run_name from it per trial
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "MLflowCallback has been deprecated", FutureWarning)
@@ -101,17 +107,23 @@ class TrialTracker(MLflowCallback):
         if run_id is None:
             return
         client = MlflowClient()
-        params = [Param(name, str(value)) for name, value in {**trial.params, "model": self.model}.items()]
         tags = [RunTag(name, value) for name, value in callback_tags(study, trial).items()]
-        client.log_batch(run_id, metrics=TRIAL_METRICS.take(), params=params, tags=tags)
+        client.log_batch(run_id, metrics=TRIAL_METRICS.take(), params=self.params(trial.params), tags=tags)
         if trial.state != TrialState.COMPLETE:  # MLflow ended the run FAILED, or FINISHED if it returned no number
             client.update_run(run_id, status=RUN_STATUS.get(trial.state, "FAILED"))
 
+    def params(self, trial_params: dict[str, object]) -> list[Param]:
+        """A trial's params as its run records them: the sampled ones and the model kind."""
+        return [Param(name, str(value)) for name, value in {**trial_params, "model": self.model}.items()]
+
     def mark_interrupted(self) -> None:
-        """End the run of the trial that an interrupt stopped as KILLED (MLflow ended it FAILED)."""
-        if self.interrupted_run_id is not None:
-            MlflowClient().set_tag(self.interrupted_run_id, INTERRUPTED, "true")
-            MlflowClient().update_run(self.interrupted_run_id, status="KILLED")
+        """Close the run of the trial that an interrupt stopped (MLflow ended it FAILED): its unsent metrics, params
+        and state (Optuna recorded FAIL) with the interrupted tag in one batch, then status KILLED."""
+        if self.interrupted is not None:
+            run_id, params = self.interrupted
+            tags = [RunTag(INTERRUPTED, "true"), RunTag(STATE_TAG, TrialState.FAIL.name)]
+            MlflowClient().log_batch(run_id, metrics=TRIAL_METRICS.take(), params=self.params(params), tags=tags)
+            MlflowClient().update_run(run_id, status="KILLED")
 
     def track(self, objective: Objective) -> Objective:
         """Wrap the objective so each trial runs inside its own nested MLflow run."""
@@ -154,7 +166,7 @@ class MetricBatches:
 
     def add(self, metrics: dict[str, float], step: int = 0) -> None:
         """Queue `metrics` at `step`, timestamped now; send the queue if it is due."""
-        now = get_current_time_millis()
+        now = int(time.time() * 1000)
         self.pending += [Metric(name, float(value), now, step) for name, value in metrics.items()]
         if time.monotonic() - self.sent_at >= FLUSH_SECONDS:
             self.flush()
@@ -171,7 +183,7 @@ class MetricBatches:
         return pending
 
 
-# The running trial's metrics: a trial runs in one thread of one process at a time (workers are processes).
+# The running trial's metrics: one trial at a time per process (studies run with n_jobs=1; workers are processes).
 TRIAL_METRICS = MetricBatches()
 
 
@@ -199,10 +211,10 @@ def tracked_objective(
             return objective(trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # no flush: with the tracking server down it would hold the interrupt for minutes
+        except KeyboardInterrupt:  # mark_interrupted closes its run, once the study has stopped
             trial.set_user_attr(INTERRUPTED, True)
             run = mlflow.active_run()
-            tracker.interrupted_run_id = run.info.run_id if run is not None else None
+            tracker.interrupted = (run.info.run_id, dict(trial.params)) if run is not None else None
             raise
         except Exception as err:
             trial.set_user_attr(EXCEPTION_TYPE, type(err).__name__)
@@ -217,6 +229,7 @@ def tracked_objective(
     def run_tagged_trial(trial: optuna.Trial) -> float | Sequence[float]:
         # Tagged from its creation on, before the trial links to it: reconcile finds a run whose worker died between.
         tags = {STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number), "model": settings.model}
+        tags[STATE_TAG] = RUNNING  # until the callback writes the trial's final state
         retried = retried_trial_number(running_trial(trial))
         if retried is not None:  # a retry of a trial whose worker died: the UI links the two
             tags["retry_of_trial"] = str(retried)
@@ -257,7 +270,8 @@ def run_context_tags(tags: dict[str, str]) -> Iterator[None]:
 
 
 def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
-    """Queue one epoch's metrics for the trial's run, step = epoch (sent at least every FLUSH_SECONDS).
+    """Queue one epoch's metrics for the trial's run, step = epoch (sent once FLUSH_SECONDS have passed, or with the
+    callback's batch).
 
     Batched synchronously: MLflow's asynchronous logging starts and drains a thread pool per run, which cost more
     per trial than it saved (benchmarks/tracking_overhead.py: 1.2 s per trial with it)."""
