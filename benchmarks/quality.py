@@ -115,8 +115,7 @@ def main() -> None:
 def time_to_quality(storage: str, threshold: float, started: float) -> float | None:
     """Seconds from `started` (epoch seconds) until a finished trial first reached `threshold` validation accuracy;
     None if none did."""
-    (summary,) = optuna.get_all_study_summaries(storage)
-    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(states=[TrialState.COMPLETE])
+    trials = the_study(storage).get_trials(states=[TrialState.COMPLETE])
     reached = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete and t.values[0] >= threshold]
     return min(reached) - started if reached else None
 
@@ -126,10 +125,15 @@ def pareto_front(storage: str, objectives: str) -> list[dict[str, float]]:
     names = objectives.split(",")
     if len(names) == 1:
         return []
-    (summary,) = optuna.get_all_study_summaries(storage)
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    study = the_study(storage)
     front = sorted(study.best_trials, key=lambda trial: -trial.values[0])
     return [{"trial": trial.number, **dict(zip(names, trial.values, strict=True))} for trial in front]
+
+
+def the_study(storage: str) -> optuna.Study:
+    """The one study of the benchmark's fresh storage."""
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 import optuna
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.store.entities import PagedList
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -36,7 +36,15 @@ from optuna.trial import FrozenTrial
 from fashion_hpo.constants import INTERRUPTED, STUDY_TAG, VAL_ACCURACY
 from fashion_hpo.settings import RunSettings, UsageError
 from fashion_hpo.storage import retried_trial_number, study_lock
-from fashion_hpo.tracking import RUN_STATUS, RUNNING, STATE_TAG, TRIAL_NUMBER_TAG, trial_run_id, trial_run_name
+from fashion_hpo.tracking import (
+    RUN_STATUS,
+    RUNNING,
+    STATE_TAG,
+    TRIAL_NUMBER_TAG,
+    run_params,
+    trial_run_id,
+    trial_run_name,
+)
 
 # Tags: why reconcile changed or created a run; and that a run was created from its Optuna trial.
 RECONCILED = "reconciled"
@@ -175,7 +183,7 @@ def end_trial_run(client: MlflowClient, run: Run, trial: FrozenTrial, linked: bo
     run, which never ran the trial: FAILED)."""
     how = "its worker died before the run was linked to it" if not linked else "its worker died before closing it"
     reason = f"trial {trial.number} is {trial.state.name} in Optuna, but its run was left RUNNING ({how})"
-    params = [p for p in trial_params(trial, trial.user_attrs.get("model")) if p.key not in run.data.params]
+    params = [p for p in run_params(trial.params, trial.user_attrs.get("model")) if p.key not in run.data.params]
     sent = {m.step for m in client.get_metric_history(run.info.run_id, VAL_ACCURACY)} if linked else set()
     curve = [metric for metric in validation_curve(trial) if metric.step not in sent]
     tags = [RunTag(RECONCILED, reason), RunTag(STATE_TAG, trial.state.name)]
@@ -214,15 +222,10 @@ def recover_run(client: MlflowClient, study: optuna.Study, trial: FrozenTrial, p
     if retried is not None:
         tags["retry_of_trial"] = str(retried)
     run = client.create_run(experiment, start_time=started, tags=tags, run_name=trial_run_name(trial.number))
-    params = trial_params(trial, trial.user_attrs.get("model", study.user_attrs.get("model")))
+    params = run_params(trial.params, trial.user_attrs.get("model", study.user_attrs.get("model")))
     client.log_batch(run.info.run_id, metrics=validation_curve(trial), params=params)
     client.set_terminated(run.info.run_id, status=run_status(trial), end_time=ended)
     return trial.number
-
-
-def trial_params(trial: FrozenTrial, model: str | None) -> list[Param]:
-    """A trial's params as its run records them: the model kind (when known) and the sampled ones."""
-    return [Param(key, str(value)) for key, value in {**({"model": model} if model else {}), **trial.params}.items()]
 
 
 def validation_curve(trial: FrozenTrial) -> list[Metric]:

@@ -108,13 +108,9 @@ class TrialTracker(MLflowCallback):
             return
         client = MlflowClient()
         tags = [RunTag(name, value) for name, value in callback_tags(study, trial).items()]
-        client.log_batch(run_id, metrics=TRIAL_METRICS.take(), params=self.params(trial.params), tags=tags)
+        client.log_batch(run_id, metrics=TRIAL_METRICS.take(), params=run_params(trial.params, self.model), tags=tags)
         if trial.state != TrialState.COMPLETE:  # MLflow ended the run FAILED, or FINISHED if it returned no number
             client.update_run(run_id, status=RUN_STATUS.get(trial.state, "FAILED"))
-
-    def params(self, trial_params: dict[str, object]) -> list[Param]:
-        """A trial's params as its run records them: the sampled ones and the model kind."""
-        return [Param(name, str(value)) for name, value in {**trial_params, "model": self.model}.items()]
 
     def mark_interrupted(self) -> None:
         """Close the run of the trial that an interrupt stopped (MLflow ended it FAILED): its unsent metrics, params
@@ -122,7 +118,9 @@ class TrialTracker(MLflowCallback):
         if self.interrupted is not None:
             run_id, params = self.interrupted
             tags = [RunTag(INTERRUPTED, "true"), RunTag(STATE_TAG, TrialState.FAIL.name)]
-            MlflowClient().log_batch(run_id, metrics=TRIAL_METRICS.take(), params=self.params(params), tags=tags)
+            MlflowClient().log_batch(
+                run_id, metrics=TRIAL_METRICS.take(), params=run_params(params, self.model), tags=tags
+            )
             MlflowClient().update_run(run_id, status="KILLED")
 
     def track(self, objective: Objective) -> Objective:
@@ -148,6 +146,11 @@ def callback_tags(study: optuna.Study, trial: FrozenTrial) -> dict[str, str]:
     return {name: truncated(str(value)) for name, value in tags.items()}
 
 
+def run_params(trial_params: dict[str, object], model: str | None) -> list[Param]:
+    """A trial's params as its run records them: the model kind (when known) and the sampled ones."""
+    return [Param(key, str(value)) for key, value in {**({"model": model} if model else {}), **trial_params}.items()]
+
+
 def truncated(value: str) -> str:
     """A tag value cut to MLflow's maximum length, as the callback cuts it."""
     return value if len(value) <= MAX_TAG_VAL_LENGTH else f"{value[: MAX_TAG_VAL_LENGTH - 3]}..."
@@ -162,7 +165,7 @@ class MetricBatches:
 
     def start(self) -> None:
         """Begin a new run's batches: drop what an interrupted run left unsent (at most its last FLUSH_SECONDS)."""
-        self.pending, self.sent_at = [], time.monotonic()
+        self.take()
 
     def add(self, metrics: dict[str, float], step: int = 0) -> None:
         """Queue `metrics` at `step`, timestamped now; send the queue if it is due."""
