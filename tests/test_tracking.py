@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,14 +11,21 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import sqlalchemy
+import sqlalchemy.orm
+from mlflow.entities import DatasetInput
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlExperiment
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from fashion_hpo import tracking
 from fashion_hpo.artifacts import Registered, description, log_inputs, log_plots, log_study_summary, search_inputs
-from fashion_hpo.constants import VAL_ACCURACY
+from fashion_hpo.constants import INTERRUPTED, VAL_ACCURACY
 from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
 from fashion_hpo.pipeline import closing_link
+from fashion_hpo.process import connection_lost
 from fashion_hpo.runs import UiHint, parent_run, ui_hint
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
@@ -284,6 +292,71 @@ def test_trials_and_parent_carry_the_splits_as_dataset_inputs(tracked_study: tup
         train = inputs["fashion-mnist-train"].dataset
         assert train.digest and train.source.endswith('train-images-idx3-ubyte"}')
         assert '"features_shape": [300, 1, 28, 28]' in train.profile
+
+
+def test_a_trial_that_cannot_create_its_run_stops_the_study(
+    tiny_data: FashionData, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna catches the objective's error; without a run, only the tracker can stop the next trial from starting."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # also restores what give_up_on_tracking sets
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
+    # The timeout ends the test if the study went on: failing trials that are marked interrupted use no budget.
+    settings = RunSettings(n_trials=3, epochs=1, timeout=60, storage=f"sqlite:///{tmp_path}/o.db", baseline_trial=False)
+    study = open_study(settings)
+    objective = make_objective(tiny_data, "mlp", 1, 0, report=log_epoch)
+    tracked, tracker = tracked_objective(objective, settings)
+    with pytest.raises(MlflowException) as lost:
+        run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=False)
+    assert connection_lost(lost.value)
+    assert [(t.state, t.user_attrs.get(INTERRUPTED)) for t in study.trials] == [(TrialState.FAIL, True)]
+
+
+def test_a_worker_that_loses_the_race_to_create_the_experiment_still_runs_in_it(tracking_uri: str) -> None:
+    """MLflow's set_experiment looks the name up, then creates it: another worker's create in between."""
+    raced: list[int] = []
+
+    def the_winner_creates_first(session: sqlalchemy.orm.Session, *_: object) -> None:
+        if not raced and any(isinstance(row, SqlExperiment) and row.name == "s" for row in session.new):
+            raced.append(1)  # before the competitor's own flush comes here
+            MlflowClient().create_experiment("s")
+
+    sqlalchemy.event.listen(sqlalchemy.orm.Session, "before_flush", the_winner_creates_first)
+    try:
+        with parent_run(RunSettings(study_name="s")) as run_id:
+            pass
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.orm.Session, "before_flush", the_winner_creates_first)
+    assert raced, "the competitor's create came between the loser's lookup and its create"
+    experiment = MlflowClient().get_experiment(MlflowClient().get_run(run_id).info.experiment_id)
+    assert experiment.name == "s", "not MLflow's Default experiment"
+
+
+def test_a_worker_that_loses_the_race_to_log_a_new_dataset_still_gets_it_as_input(
+    tiny_data: FashionData, tracking_uri: str
+) -> None:
+    """MLflow's store looks a dataset up, then inserts it: another worker's insert in between is a real conflict."""
+    inputs = search_inputs(tiny_data, RunSettings())
+    winner = MlflowClient().create_run(mlflow.set_experiment("race").experiment_id).info.run_id
+    raced: list[int] = []
+
+    def the_winner_inserts_first(session: sqlalchemy.orm.Session, *_: object) -> None:
+        if not raced and any(isinstance(row, SqlDataset) for row in session.new):
+            raced.append(1)  # before the competitor's own flush comes here
+            MlflowClient().log_inputs(winner, [DatasetInput(i.dataset._to_mlflow_entity()) for i in inputs])
+
+    sqlalchemy.event.listen(sqlalchemy.orm.Session, "before_flush", the_winner_inserts_first)
+    try:
+        with mlflow.start_run() as run:
+            log_inputs(inputs)
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.orm.Session, "before_flush", the_winner_inserts_first)
+    assert raced, "the competitor's insert came between the loser's lookup and its insert"
+    for run_id in (winner, run.info.run_id):
+        names = sorted(i.dataset.name for i in MlflowClient().get_run(run_id).inputs.dataset_inputs)
+        assert names == ["fashion-mnist-train", "fashion-mnist-validation"]
 
 
 def test_study_names_its_objective(tracked_study: tuple[RunSettings, str]) -> None:

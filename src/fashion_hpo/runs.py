@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import optuna
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import path_to_local_sqlite_uri
@@ -108,7 +109,11 @@ def choose_experiment(study_name: str) -> None:
     """Use an experiment named after the study, unless `mlflow run` or the user's env already chose one."""
     chosen = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
     if not any(os.environ.get(name) for name in chosen):
-        mlflow.set_experiment(study_name)
+        experiment = mlflow.set_experiment(study_name)
+        if MLFLOW_EXPERIMENT_ID.get() != experiment.experiment_id:
+            # MLflow 3.17's set_experiment, when another process created the experiment between its lookup and its
+            # create, returns it without making it active: the runs would go to the Default experiment.
+            mlflow.set_experiment(experiment_id=experiment.experiment_id)
 
 
 @contextmanager

@@ -86,6 +86,7 @@ class TrialTracker(MLflowCallback):
     def __init__(self, model: str) -> None:
         self.model = model
         self.interrupted: tuple[str, dict[str, object]] | None = None  # the run and params of an interrupted trial
+        self.lost: Exception | None = None  # how the last trial lost the tracking server, for `__call__` to raise
         self.run_kwargs: dict[str, object] = {"nested": True}  # the callback reads run_name from it per trial
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "MLflowCallback has been deprecated", FutureWarning)
@@ -102,7 +103,14 @@ class TrialTracker(MLflowCallback):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Send the finished trial's unsent metrics, its params and the callback's tags in one batch; then, unless it
-        completed (its run ended FINISHED), give its run the status of its state."""
+        completed (its run ended FINISHED), give its run the status of its state.
+
+        A trial that lost the tracking server stops the study here: Optuna catches what the objective raises, and the
+        next trial would lose it again (at once, without a run to link: trial after trial, none using up the budget).
+        """
+        if self.lost is not None:
+            lost, self.lost = self.lost, None
+            raise lost
         run_id = trial_run_id(trial)
         if run_id is None:
             return
@@ -246,6 +254,7 @@ def tracked_objective(
                     # the budget, and the rerun runs a trial in its place.
                     trial.set_user_attr(INTERRUPTED, True)
                     give_up_on_tracking()
+                    tracker.lost = err
                 raise
 
     return run_tagged_trial, tracker
