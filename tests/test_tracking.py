@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,7 @@ import sqlalchemy
 import sqlalchemy.orm
 from mlflow.entities import DatasetInput
 from mlflow.exceptions import MlflowException
-from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlExperiment
+from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlExperiment, SqlExperimentTag
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -26,7 +27,7 @@ from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
 from fashion_hpo.pipeline import closing_link
 from fashion_hpo.process import connection_lost
-from fashion_hpo.runs import UiHint, parent_run, ui_hint
+from fashion_hpo.runs import CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND_TAG, UiHint, parent_run, ui_hint
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
 from fashion_hpo.tracking import callback_tags, log_epoch, tracked_objective
@@ -314,46 +315,62 @@ def test_a_trial_that_cannot_create_its_run_stops_the_study(
     assert [(t.state, t.user_attrs.get(INTERRUPTED)) for t in study.trials] == [(TrialState.FAIL, True)]
 
 
-def test_a_worker_that_loses_the_race_to_create_the_experiment_still_runs_in_it(tracking_uri: str) -> None:
-    """MLflow's set_experiment looks the name up, then creates it: another worker's create in between."""
-    raced: list[int] = []
+@contextmanager
+def another_worker_writes_first(pending: Callable[[object], bool], write: Callable[[], object]) -> Iterator[None]:
+    """In the block, the first session about to insert a row that is `pending` lets `write` (another worker writing
+    the same row) commit first: the real interleaving of a race that MLflow's look-up-then-insert loses."""
+    raced: list[object] = []
 
-    def the_winner_creates_first(session: sqlalchemy.orm.Session, *_: object) -> None:
-        if not raced and any(isinstance(row, SqlExperiment) and row.name == "s" for row in session.new):
-            raced.append(1)  # before the competitor's own flush comes here
-            MlflowClient().create_experiment("s")
+    def write_first(session: sqlalchemy.orm.Session, *_: object) -> None:
+        if not raced and any(pending(row) for row in session.new):
+            raced.append(write)  # before the other worker's own flush comes here
+            write()
 
-    sqlalchemy.event.listen(sqlalchemy.orm.Session, "before_flush", the_winner_creates_first)
+    sqlalchemy.event.listen(sqlalchemy.orm.Session, "before_flush", write_first)
     try:
-        with parent_run(RunSettings(study_name="s")) as run_id:
-            pass
+        yield
     finally:
-        sqlalchemy.event.remove(sqlalchemy.orm.Session, "before_flush", the_winner_creates_first)
-    assert raced, "the competitor's create came between the loser's lookup and its create"
+        sqlalchemy.event.remove(sqlalchemy.orm.Session, "before_flush", write_first)
+    assert raced, "the other worker's write came between this one's look-up and its insert"
+
+
+def test_a_worker_that_loses_the_race_to_create_the_experiment_still_runs_in_it(tracking_uri: str) -> None:
+    with (
+        another_worker_writes_first(
+            lambda row: isinstance(row, SqlExperiment) and row.name == "s",
+            lambda: MlflowClient().create_experiment("s"),
+        ),
+        parent_run(RunSettings(study_name="s")) as run_id,
+    ):
+        pass
     experiment = MlflowClient().get_experiment(MlflowClient().get_run(run_id).info.experiment_id)
     assert experiment.name == "s", "not MLflow's Default experiment"
+
+
+def test_a_worker_that_loses_the_race_to_tag_the_new_experiment_still_starts(tracking_uri: str) -> None:
+    experiment_id = mlflow.create_experiment("s")
+    tag = functools.partial(MlflowClient().set_experiment_tag, experiment_id, EXPERIMENT_KIND_TAG)
+    with (
+        another_worker_writes_first(lambda row: isinstance(row, SqlExperimentTag), lambda: tag("by the other")),
+        parent_run(RunSettings(study_name="s")),
+    ):
+        pass
+    assert MlflowClient().get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == CUSTOM_MODEL_DEVELOPMENT
 
 
 def test_a_worker_that_loses_the_race_to_log_a_new_dataset_still_gets_it_as_input(
     tiny_data: FashionData, tracking_uri: str
 ) -> None:
-    """MLflow's store looks a dataset up, then inserts it: another worker's insert in between is a real conflict."""
     inputs = search_inputs(tiny_data, RunSettings())
     winner = MlflowClient().create_run(mlflow.set_experiment("race").experiment_id).info.run_id
-    raced: list[int] = []
-
-    def the_winner_inserts_first(session: sqlalchemy.orm.Session, *_: object) -> None:
-        if not raced and any(isinstance(row, SqlDataset) for row in session.new):
-            raced.append(1)  # before the competitor's own flush comes here
-            MlflowClient().log_inputs(winner, [DatasetInput(i.dataset._to_mlflow_entity()) for i in inputs])
-
-    sqlalchemy.event.listen(sqlalchemy.orm.Session, "before_flush", the_winner_inserts_first)
-    try:
-        with mlflow.start_run() as run:
-            log_inputs(inputs)
-    finally:
-        sqlalchemy.event.remove(sqlalchemy.orm.Session, "before_flush", the_winner_inserts_first)
-    assert raced, "the competitor's insert came between the loser's lookup and its insert"
+    datasets = [DatasetInput(i.dataset._to_mlflow_entity()) for i in inputs]
+    with (
+        another_worker_writes_first(
+            lambda row: isinstance(row, SqlDataset), lambda: MlflowClient().log_inputs(winner, datasets)
+        ),
+        mlflow.start_run() as run,
+    ):
+        log_inputs(inputs)
     for run_id in (winner, run.info.run_id):
         names = sorted(i.dataset.name for i in MlflowClient().get_run(run_id).inputs.dataset_inputs)
         assert names == ["fashion-mnist-train", "fashion-mnist-validation"]

@@ -21,7 +21,6 @@ import torch
 from mlflow.data.dataset import Dataset
 from mlflow.data.numpy_dataset import from_numpy
 from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # defined at import
-from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from optuna.trial import FrozenTrial
 
@@ -33,6 +32,7 @@ from fashion_hpo.constants import (
     TEST_LOSS,
 )
 from fashion_hpo.data import RAW_FILES, FashionData, Split, raw_dir
+from fashion_hpo.process import racing
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import trial_accuracy
 from fashion_hpo.training import Evaluation
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 # MLflow's dataset contexts (the input tag mlflow.data.context) for what a run trains on, selects on, tests on.
 TRAINING, VALIDATION, TEST = "training", "validation", "test"
 TRAIN_IMAGES, TEST_IMAGES = RAW_FILES[0], RAW_FILES[2]
-# How SQLAlchemy names a unique-constraint violation of each driver in the text MLflow's error carries.
-CONFLICT_MARKERS = ("IntegrityError", "UniqueViolation")
-INPUT_ATTEMPTS = 3  # one lost race per other worker that logs the same dataset at the same moment is plenty
 
 
 @dataclass(frozen=True)
@@ -85,24 +82,11 @@ def refit_inputs(data: FashionData, settings: RunSettings) -> tuple[SplitInput, 
 
 
 def log_inputs(inputs: Sequence[SplitInput]) -> None:
-    """Log the splits as dataset inputs of the active run (the runs table's Dataset column and filter)."""
+    """Log the splits as dataset inputs of the active run (the runs table's Dataset column and filter); workers
+    started together log the same new dataset at once (`racing`)."""
     datasets: list[Dataset | None] = [i.dataset for i in inputs]
     contexts: list[str | None] = [i.context for i in inputs]
-    for attempt in range(1, INPUT_ATTEMPTS + 1):
-        try:
-            mlflow.log_inputs(datasets, contexts=contexts, tags_list=[None] * len(inputs))
-            return
-        except MlflowException as err:
-            # MLflow's store looks a dataset up, then inserts it: workers logging the same new dataset at once race, and
-            # the losers get the unique constraint; logging again finds the winner's row and only links this run to it.
-            if attempt == INPUT_ATTEMPTS or not is_conflict(err):
-                raise
-            log.info("dataset inputs: another process wrote the same dataset first; linking to it")
-
-
-def is_conflict(err: MlflowException) -> bool:
-    """Whether MLflow's error is a database's unique-constraint violation (SQLite, PostgreSQL, MySQL drivers)."""
-    return any(marker in str(err) for marker in CONFLICT_MARKERS)
+    racing(lambda: mlflow.log_inputs(datasets, contexts=contexts, tags_list=[None] * len(inputs)))
 
 
 def log_study_summary(

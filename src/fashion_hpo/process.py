@@ -1,4 +1,5 @@
-"""How the process runs: signals (SIGTERM handled like Ctrl-C), glibc's allocator, torch's thread count."""
+"""How the process runs: signals (SIGTERM handled like Ctrl-C), errors it rides through or stops on, glibc's
+allocator, torch's thread count."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
+T = TypeVar("T")
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# How SQLAlchemy names a unique-constraint violation (SQLite, MySQL drivers; psycopg) in the text of MLflow's error.
+CONFLICT_MARKERS = ("IntegrityError", "UniqueViolation")
+RACE_ATTEMPTS = 3  # one lost race per other process writing the same row at the same moment is plenty
 
 
 class Terminated(KeyboardInterrupt):
@@ -45,6 +51,25 @@ def connection_lost(err: BaseException) -> bool:
 
     lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
     return raised_from(err, lambda cause: isinstance(cause, lost))
+
+
+def lost_insert_race(err: BaseException) -> bool:
+    """Whether `err` is a database's unique-constraint violation: how MLflow reports an insert race it lost."""
+    return any(marker in str(err) for marker in CONFLICT_MARKERS)
+
+
+def racing(write: Callable[[], T]) -> T:
+    """`write`, tried again when it lost an insert race. MLflow's store looks a row up, then inserts it: processes
+    writing the same new row at once (workers started together logging a dataset, tagging the experiment) all but
+    one fail on the unique constraint, and a second try finds the winner's row."""
+    for _ in range(RACE_ATTEMPTS - 1):
+        try:
+            return write()
+        except Exception as err:
+            if not lost_insert_race(err):
+                raise
+            logging.getLogger(__name__).info("another process wrote the same row first; writing again")
+    return write()
 
 
 class DropInterruptTraceback(logging.Filter):

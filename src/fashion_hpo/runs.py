@@ -19,6 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial
 
 from fashion_hpo.constants import INTERRUPTED, STUDY_TAG
+from fashion_hpo.process import racing
 from fashion_hpo.settings import RunSettings, UsageError, credentials_refused, redact_url
 from fashion_hpo.storage import sqlite_file_lock
 from fashion_hpo.tracking import trial_run_id
@@ -134,7 +135,8 @@ def parent_run(settings: RunSettings, run_name: str | None = None) -> Iterator[s
             raise
         raise refused from None
     try:
-        MlflowClient().set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, CUSTOM_MODEL_DEVELOPMENT)
+        experiment_id = run.info.experiment_id  # workers started together tag the new experiment at once
+        racing(lambda: MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, CUSTOM_MODEL_DEVELOPMENT))
         # `mlflow run` already logged the entry point's parameters; MLflow forbids changing a param.
         logged = run.data.params
         mlflow.log_params({k: v for k, v in settings.loggable().items() if k not in logged})
