@@ -4,7 +4,6 @@ flags fed systematically. Each ends in one clear line, a non-zero exit, and noth
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
 from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import open_study, run_search
-from tests.conftest import MLP_PARAMS, run_cli
+from tests.conftest import MLP_PARAMS, free_port, run_cli
 
 
 def error_line(err: str) -> str:
@@ -34,9 +33,7 @@ def error_line(err: str) -> str:
 def test_unreachable_tracking_server_fails_fast_before_any_trial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     start = time.monotonic()
     code = run_cli(["study", "--data-dir", str(tmp_path / "d"), "--storage", f"sqlite:///{tmp_path}/o.db"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import socket
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from fashion_hpo.settings import RunSettings
 from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
 from fashion_hpo.tracking import callback_tags, log_epoch, tracked_objective
 from fashion_hpo.training import EpochResult, Evaluation
-from tests.conftest import MLP_PARAMS, temporary_tracking
+from tests.conftest import MLP_PARAMS, free_port, temporary_tracking
 
 EPOCHS = 2
 
@@ -299,9 +298,7 @@ def test_a_trial_that_cannot_create_its_run_stops_the_study(
     tiny_data: FashionData, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Optuna catches the objective's error; without a run, only the tracker can stop the next trial from starting."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # also restores what give_up_on_tracking sets
     mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
     # The timeout ends the test if the study went on: failing trials that are marked interrupted use no budget.
