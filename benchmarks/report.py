@@ -94,6 +94,15 @@ def cnn_speedups(r: dict) -> str:
     return f"cnn 32-64, a 10-epoch trial on 50,000 images: {'; '.join(parts)}. Validation pass by batch size: {evals}"
 
 
+def refit_augmentation(r: dict) -> str:
+    """The augmentation cell: each variant's validation accuracy after the refit's epochs, and its epoch time."""
+    parts = [
+        f"{name}: val {row['val']:.4f} (**{row['gain']:+.4f}**), {row['epoch_s']:.0f} s per epoch"
+        for name, row in r["rows"].items()
+    ]
+    return f"cnn baseline, {r['epochs']} epochs on 50,000 images, scored on validation — {'; '.join(parts)}"
+
+
 def quality(r: dict) -> str:
     """Benchmark 5's cell."""
     trials = r["trials"]
@@ -160,6 +169,7 @@ ROWS: list[tuple[str, str, Callable[[dict], str], str]] = [
     ("3 tracking overhead", "tracking_overhead.py", tracking_overhead, "≤ 3 %; ≤ 0.05 s per trial"),
     ("4 pruning payoff", "pruning_payoff.py", pruning_payoff, "epochs saved at equal quality"),
     ("CNN speed-ups", "cnn_speedups.py", cnn_speedups, "keep what wins, compile time included"),
+    ("refit augmentation", "refit_augmentation.py", refit_augmentation, "adopt only if it wins at equal time"),
     ("5 quality, MLP 600 s", "quality.py", quality, "≥ 0.895 (benchmark MLP 256-128-100: 0.8833)"),
     ("5 quality, CNN 30 min", "quality.py --model cnn --timeout 1800", quality, "≥ 0.935, search beats the baseline"),
     (

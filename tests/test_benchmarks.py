@@ -158,6 +158,16 @@ def test_startup_quick_run_times_each_process_to_its_first_trial(real_data_dir: 
 
 
 @pytest.mark.slow
+def test_refit_augmentation_quick_run_compares_plain_flips_and_shifts(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "augmentation.json"
+    result = run_quick("refit_augmentation.py", real_data_dir, output)
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["plain", "flip", "flip + shift 2 px"]
+    assert rows["plain"]["gain"] == 0 and all(0 < row["val"] <= 1 and row["epoch_s"] > 0 for row in rows.values())
+    assert "flip + shift 2 px" in result.stdout
+
+
+@pytest.mark.slow
 def test_refit_epochs_quick_run_compares_one_and_two_schedules(real_data_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "refit.json"
     result = run_quick("refit_epochs.py", real_data_dir, output)
