@@ -66,9 +66,9 @@ def val_curve(data: FashionData, epochs: int, samples: int, max_shift: int | Non
     optimizer = make_optimizer(model, config)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     generator = torch.Generator().manual_seed(1)
-    curve, start = [], time.perf_counter()
+    train, curve, start = data.train.head(samples), [], time.perf_counter()
     for _ in range(epochs):
-        train_epoch(model, optimizer, data.train.head(samples), config.batch_size, generator, max_shift)
+        train_epoch(model, optimizer, train, config.batch_size, generator, max_shift)
         schedule.step()
         curve.append(evaluate(model, data.val).accuracy)
     return {"val": curve[-1], "curve": curve, "epoch_s": (time.perf_counter() - start) / epochs}
