@@ -7,7 +7,8 @@ validation accuracy, and the registered model's test accuracy.
 `--objectives val_accuracy,latency_ms` a multi-objective study whose Pareto front the JSON lists (accuracy against
 cost). Time to quality: from the command's start, the wall seconds until the study's best validation accuracy first
 reached 0.90 (MLP) or 0.925 (CNN), read from the trials' completion times; `--pruner` compares pruners on it.
-Writes a JSON file (named after the model, the budget, the objectives and a non-default pruner) next to this script.
+Writes a JSON file (named after the model, the budget, the objectives, a non-default pruner or TPE start) next to
+this script.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from fashion_hpo.constants import BASELINE
+
 HERE = Path(__file__).resolve().parent
 QUALITY = {"mlp": 0.90, "cnn": 0.925}  # the validation accuracy that time to quality waits for
 
 
 def parse_args() -> argparse.Namespace:
-    """--quick, --model, --timeout, --max-params, --objectives, --pruner, --data-dir, --output."""
+    """--quick, --model, --timeout, --max-params, --objectives, --pruner, --startup-trials, --data-dir, --output."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch, refit 1 epoch)"
@@ -48,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--pruner", default="median", help="the study's --pruner (default: median, the project's default)"
+    )
+    parser.add_argument(
+        "--startup-trials",
+        type=int,
+        default=10,
+        help="the study's --startup-trials: TPE's random trials (default: 10, the project's default)",
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
     parser.add_argument("--output", type=Path, help="JSON result file (default: quality_<model>.json beside it)")
@@ -76,6 +85,8 @@ def main() -> None:
         params["objectives"] = args.objectives
     if args.pruner != "median":
         params["pruner"] = args.pruner
+    if args.startup_trials != 10:
+        params["startup_trials"] = str(args.startup_trials)
     if args.quick:
         params.update(n_trials="2", epochs="1", refit_epochs="1", max_train_samples="1000")
     with tempfile.TemporaryDirectory() as folder:
@@ -89,12 +100,14 @@ def main() -> None:
         version = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
         front = pareto_front(f"sqlite:///{folder}/optuna.db", args.objectives)
         reached = time_to_quality(f"sqlite:///{folder}/optuna.db", QUALITY[args.model], started)
+        baseline = baseline_val_accuracy(f"sqlite:///{folder}/optuna.db")
     result = {
         "command": "mlflow run . --env-manager local " + " ".join(f"-P {k}={v}" for k, v in params.items()),
         "wall_s": wall,
         "trials": {state: int(metrics[f"trials_{state}"]) for state in ("finished", "complete", "pruned", "failed")},
         "best_trial": int(metrics["best_trial_number"]),
         "best_val_accuracy": metrics["best_val_accuracy"],
+        "baseline_val_accuracy": baseline,
         "test_accuracy": metrics["test_accuracy"],
         "refit_epochs": int(tags["refit_epochs"]),
         "n_params": int(version.tags["n_params"]),
@@ -108,7 +121,8 @@ def main() -> None:
     others = args.objectives.split(",")[1:]
     objectives = "_vs_" + "_".join(others) if others else ""
     pruner = f"_{args.pruner}" if args.pruner != "median" else ""
-    name = f"quality_{args.model}{budget}{objectives}{pruner}.json"
+    startup = f"_startup_{args.startup_trials}" if args.startup_trials != 10 else ""
+    name = f"quality_{args.model}{budget}{objectives}{pruner}{startup}.json"
     (args.output or HERE / name).write_text(json.dumps(result, indent=2))
 
 
@@ -118,6 +132,12 @@ def time_to_quality(storage: str, threshold: float, started: float) -> float | N
     trials = the_study(storage).get_trials(states=[TrialState.COMPLETE])
     reached = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete and t.values[0] >= threshold]
     return min(reached) - started if reached else None
+
+
+def baseline_val_accuracy(storage: str) -> float | None:
+    """The baseline trial's validation accuracy (what the search has to beat); None if it did not complete."""
+    trials = the_study(storage).get_trials(states=[TrialState.COMPLETE])
+    return next((t.values[0] for t in trials if t.user_attrs.get(BASELINE)), None)
 
 
 def pareto_front(storage: str, objectives: str) -> list[dict[str, float]]:

@@ -52,6 +52,18 @@ def test_two_workers_never_overshoot_the_total(tmp_path: Path) -> None:
     assert len(asked) == 7
 
 
+def test_tpe_models_the_results_after_startup_trials(tmp_path: Path) -> None:
+    """With --startup-trials 2, TPE's later draws move toward the maximum; with all 20 trials at random they do not."""
+    late_means = []
+    for startup in (2, 20):
+        run = settings(tmp_path, n_trials=20, startup_trials=startup, study_name=f"s{startup}", baseline_trial=False)
+        run_search(open_study(run), uniform, run, show_progress_bar=False)
+        late = [t.params["x"] for t in open_study(run).trials[4:]]
+        late_means.append(sum(late) / len(late))
+    modelled, random = late_means
+    assert modelled > random + 0.1, late_means
+
+
 def test_workers_with_the_same_seed_draw_different_params_and_one_worker_is_reproducible(tmp_path: Path) -> None:
     run = settings(tmp_path, n_trials=8, sampler="random")
     workers = [open_study(run), open_study(run)]
@@ -138,7 +150,8 @@ def test_a_new_study_first_trains_the_baseline_once_and_can_skip_it(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    ("make", "name"), [(lambda name: make_sampler(name, 0), "sampler"), (lambda name: make_pruner(name, 5), "pruner")]
+    ("make", "name"),
+    [(lambda name: make_sampler(name, 0, 10), "sampler"), (lambda name: make_pruner(name, 5), "pruner")],
 )
 def test_an_unknown_sampler_or_pruner_raises_instead_of_defaulting(make, name: str) -> None:
     with pytest.raises(ValueError, match=f"unknown {name} 'nope'"):

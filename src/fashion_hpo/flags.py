@@ -75,6 +75,12 @@ def flag_specs() -> dict[str, dict[str, Any]]:
         "--model": dict(choices=MODEL_KINDS, default=DEFAULTS.model, help="architecture family (default: %(default)s)"),
         "--pruner": dict(choices=PRUNERS, default=DEFAULTS.pruner, help="Optuna pruner (default: %(default)s)"),
         "--sampler": dict(choices=SAMPLERS, default=DEFAULTS.sampler, help="Optuna sampler (default: %(default)s)"),
+        "--startup-trials": dict(
+            type=count(0),
+            default=DEFAULTS.startup_trials,
+            help="tpe only: completed trials drawn at random before TPE models the results (the baseline trial "
+            "counts as one) (default: %(default)s)",
+        ),
         "--seed": dict(
             type=count(0),
             default=DEFAULTS.seed,

@@ -82,6 +82,7 @@ class RunSettings:
     model: str = "mlp"
     pruner: str = "median"
     sampler: str = "tpe"
+    startup_trials: int = 10  # Optuna's TPE default
     seed: int = 42
     study_name: str = ""
     storage: str = DEFAULT_STORAGE

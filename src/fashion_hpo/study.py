@@ -21,8 +21,8 @@ from fashion_hpo.storage import BudgetedStorage, StaleTrialCallback, StudyFull, 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The `--sampler` choice, seeded; an unknown name raises ValueError."""
+def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
+    """The `--sampler` choice, seeded (TPE after `startup_trials` random ones); an unknown name raises ValueError."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
@@ -31,7 +31,7 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         # constant_liar: a worker treats other workers' running trials as bad, so it does not sample next to them.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+            return optuna.samplers.TPESampler(n_startup_trials=startup_trials, seed=seed, constant_liar=True)
     raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 
 
@@ -41,13 +41,13 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     Workers of one study would all draw the same parameters from samplers seeded alike; trial numbers are unique
     across workers, so this keeps them apart while a one-worker study stays reproducible."""
 
-    def __init__(self, name: str, seed: int) -> None:
-        self.name, self.seed = name, seed
-        self.inner = make_sampler(name, seed)
+    def __init__(self, name: str, seed: int, startup_trials: int) -> None:
+        self.name, self.seed, self.startup_trials = name, seed, startup_trials
+        self.inner = make_sampler(name, seed, startup_trials)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Seed this trial's sampler."""
-        self.inner = make_sampler(self.name, trial_seed(self.seed, trial.number))
+        self.inner = make_sampler(self.name, trial_seed(self.seed, trial.number), self.startup_trials)
         self.inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -116,7 +116,7 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
         study = optuna.create_study(
             study_name=settings.study_name,
             storage=storage,
-            sampler=TrialSeededSampler(settings.sampler, settings.seed),
+            sampler=TrialSeededSampler(settings.sampler, settings.seed, settings.startup_trials),
             # Optuna prunes single-objective studies only.
             pruner=make_pruner(settings.pruner if len(objectives) == 1 else "none", settings.epochs),
             directions=[OBJECTIVE_DIRECTIONS[name] for name in objectives],
