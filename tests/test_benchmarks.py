@@ -118,6 +118,7 @@ def test_quality_quick_run_reads_the_registered_models_test_accuracy(real_data_d
     assert 0.3 < report["test_accuracy"] <= 1 and report["best_params"]
     assert report["refit_epochs"] == 1, "as --quick asked"
     assert report["n_params"] > 0 and report["latency_ms"] > 0, "the registered model's costs"
+    assert 0 < report["baseline_val_accuracy"] <= report["best_val_accuracy"], "the baseline trial, to compare"
 
 
 @pytest.mark.slow
