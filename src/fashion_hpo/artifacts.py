@@ -174,18 +174,33 @@ class Registered:
     test_accuracy: float | None
 
 
+@dataclass(frozen=True)
+class Front:
+    """A multi-objective study's Pareto front: its objectives' names and its trials (none in a single-objective
+    study)."""
+
+    objectives: tuple[str, ...]
+    trials: list[FrozenTrial]
+
+
 PLOTS_NOTE = (
     "**Plots**: *Artifacts* → `plots/`: optimization history, parallel coordinates, learning curves "
-    "(intermediate values) and, once two trials completed, parameter importances; each as PNG and as interactive "
-    "HTML (hover a line to see its trial). The trials table: `trials.csv`."
+    "(intermediate values) and, once two trials completed, parameter importances (a multi-objective study: its "
+    "Pareto front instead); each as PNG and as interactive HTML (hover a point to see its trial). The trials "
+    "table: `trials.csv`."
 )
 
 
 def description(
-    study_name: str, counts: dict[str, int], best: FrozenTrial | None, registered: Registered | None, plots: bool
+    study_name: str,
+    counts: dict[str, int],
+    best: FrozenTrial | None,
+    registered: Registered | None,
+    plots: bool,
+    front: Front | None = None,
 ) -> str:
     """The study run's description in markdown, what a reviewer reads first: counts, the best trial and its params,
-    the test accuracy, the registered version and alias, where the plots are."""
+    the Pareto front, the test accuracy, the registered version and alias, where the plots are."""
     lines = [
         f"**Study `{study_name}`**: {counts['finished']} trials finished: {counts['complete']} complete, "
         f"{counts['pruned']} pruned (status KILLED), {counts['failed']} failed."
@@ -194,6 +209,8 @@ def description(
         headline = f"**Best trial #{best.number}**: {OPTIMIZED_METRIC} {trial_accuracy(best):.4f}"
         lines += ["", headline, "", "| param | value |"]
         lines += ["|---|---|", *(f"| {name} | {short(value)} |" for name, value in best.params.items())]
+    if front is not None and front.trials:
+        lines += ["", *front_table(front)]
     if registered is not None:
         tested = registered.test_accuracy is not None
         test = f"**Test accuracy** of the refit best model: {registered.test_accuracy:.4f}; " if tested else ""
@@ -201,6 +218,25 @@ def description(
     if plots:
         lines += ["", PLOTS_NOTE]
     return "\n".join(lines)
+
+
+def front_table(front: Front) -> list[str]:
+    """The Pareto front as markdown lines: a heading, then a row per trial, most accurate first."""
+    names = front.objectives
+    lines = [
+        f"**Pareto front** ({', '.join(names)}), most accurate first; its trials' runs are tagged `pareto=true`:",
+        "",
+        f"| trial | {' | '.join(names)} |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for trial in sorted(front.trials, key=trial_accuracy, reverse=True):
+        lines.append(f"| #{trial.number} | {' | '.join(front_value(value) for value in trial.values)} |")
+    return lines
+
+
+def front_value(value: float) -> str:
+    """An objective's value for reading: counts (parameters, FLOPs) with thousands separators, others as `short`."""
+    return f"{value:,.0f}" if float(value).is_integer() else short(value)
 
 
 def short(value: object) -> str:

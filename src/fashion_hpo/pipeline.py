@@ -17,6 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.artifacts import (
+    Front,
     Registered,
     description,
     log_description,
@@ -166,16 +167,19 @@ def describe(
     settings: RunSettings,
     counts: dict[str, int],
     best: FrozenTrial | None,
+    front: list[FrozenTrial],
     registration: Registration | None = None,
     plots: bool = True,
 ) -> None:
-    """The run's description: the study's counts and best trial, where its model went, where its plots are."""
+    """The run's description: the study's counts, best trial and Pareto front, where its model went, its plots."""
     registered = None
     if registration is not None:
         version, test = registration.version, registration.test
         uri = f"models:/{version.name}/{version.version}"
         registered = Registered(uri, registration.alias, test.accuracy if test is not None else None)
-    log_description(description(settings.study_name, counts, best, registered, plots))
+    log_description(
+        description(settings.study_name, counts, best, registered, plots, Front(settings.objective_names, front))
+    )
 
 
 @contextmanager
@@ -259,12 +263,13 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
     reconcile_runs(study, settings, active_run_id())
     counts, best = trial_counts(study), best_trial(study, settings.limits)
     front = pareto_front(study, settings.limits)
-    tag_pareto_front(front)
+    if len(settings.objective_names) > 1:
+        tag_pareto_front(front, settings.study_name)
     print_summary(counts, best, settings)
     print_front(front, settings)
     # A worker of --workers leaves the study's table and plots (seconds of work each) to the run above it.
     log_study_summary(study, counts, best, artifacts=not settings.parent_run_id)
-    describe(settings, counts, best, plots=not settings.parent_run_id)
+    describe(settings, counts, best, front, plots=not settings.parent_run_id)
     return best
 
 
@@ -344,7 +349,8 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
                 return 1
             if settings.register:
                 registration = register_best(data, best, settings, run_id)
-                describe(settings, trial_counts(study), best, registration, plots=not settings.parent_run_id)
+                front = pareto_front(study, settings.limits)
+                describe(settings, trial_counts(study), best, front, registration, plots=not settings.parent_run_id)
                 print_registration(registration)
     except WorkersFailed as failed:
         print(f"{failed}; the study's trials are kept: rerun the command to continue it.", file=sys.stderr)
@@ -370,6 +376,6 @@ def run_register(settings: RunSettings, device: torch.device) -> int:
         registration = register_best(
             lambda: load_data(settings.data_dir, settings.seed, device), best, settings, run_id
         )
-        describe(settings, trial_counts(study), best, registration, plots=False)
+        describe(settings, trial_counts(study), best, pareto_front(study, settings.limits), registration, plots=False)
         print_registration(registration)
     return 0

@@ -301,10 +301,17 @@ def log_costs(trial: optuna.Trial, costs: ModelCosts) -> None:
     TRIAL_METRICS.add(costs.as_metrics())
 
 
-def tag_pareto_front(front: list[FrozenTrial]) -> None:
-    """Tag the runs of a multi-objective study's Pareto-front trials `pareto=true`, to filter them in the UI."""
+def tag_pareto_front(front: list[FrozenTrial], study_name: str) -> None:
+    """Tag the runs of a multi-objective study's Pareto-front trials `pareto=true`, to filter them in the UI, and
+    untag the runs of trials that a continued study's newer trials (or tighter constraints) put off the front."""
     client = MlflowClient()
-    for trial in front:
-        run_id = trial_run_id(trial)
-        if run_id is not None:
-            client.set_tag(run_id, PARETO_TAG, "true")
+    on_front = {run_id for run_id in map(trial_run_id, front) if run_id is not None}
+    run = mlflow.active_run()
+    tagged: set[str] = set()
+    if run is not None:  # the study's trials are runs of the invocation's experiment
+        found = client.search_runs([run.info.experiment_id], f"tags.{PARETO_TAG} = 'true'")
+        tagged = {r.info.run_id for r in found if r.data.tags.get(STUDY_TAG) == study_name}
+    for run_id in on_front - tagged:
+        client.set_tag(run_id, PARETO_TAG, "true")
+    for run_id in tagged - on_front:
+        client.delete_tag(run_id, PARETO_TAG)
