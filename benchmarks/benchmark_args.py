@@ -8,14 +8,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from fashion_hpo.data import Split
+from fashion_hpo.models import TrialConfig
 from fashion_hpo.settings import DEVICES, resolve_device
+from fashion_hpo.training import make_optimizer, train_epoch
+
+EPOCH_SAMPLES = 50_000  # a trial's training split
 
 
-def parse_args(doc: str, script: str, quick_help: str, device: bool = False) -> argparse.Namespace:
+def parse_args(
+    doc: str,
+    script: str,
+    quick_help: str,
+    device: bool = False,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """--quick (a run of under a minute, which the tests execute), --data-dir, --output (JSON beside the script),
-    and with `device`, --device (resolved to a torch.device)."""
+    with `device`, --device (resolved to a torch.device), and whatever flags `extra` adds."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--quick", action="store_true", help=f"a run of under a minute ({quick_help})")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
     parser.add_argument(
@@ -49,3 +63,14 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def epoch_seconds(model: nn.Module, config: TrialConfig, train: Split) -> float:
+    """Seconds of a training epoch of 50,000 images, as `training.fit` trains `model` (channels-last, `config`'s
+    optimizer and batch size), timed on `train` after a warm-up of two batches."""
+    model = model.to(train.images.device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    generator = torch.Generator().manual_seed(0)
+    train_epoch(model, optimizer, train.head(2 * config.batch_size), config.batch_size, generator)
+    seconds = timed(lambda: train_epoch(model, optimizer, train, config.batch_size, generator), train.images.device)
+    return seconds * EPOCH_SAMPLES / len(train)

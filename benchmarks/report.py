@@ -107,6 +107,36 @@ def refit_augmentation(r: dict) -> str:
 DATA_DIR = re.compile(r" -P data_dir=\S+")  # a path of the machine that measured, not part of the command
 
 
+def refit_length(r: dict) -> str:
+    """The refit-length cell: each baseline's validation accuracy after each schedule, and its best epoch."""
+    parts = []
+    for kind, row in r["rows"].items():
+        vals = ", ".join(f"{length} epochs: val **{val:.4f}**" for length, val in row["val"].items())
+        longest = list(row["curves"].values())[-1]
+        best = max(range(len(longest)), key=longest.__getitem__)
+        parts.append(f"{kind} baseline, {vals} (best epoch {best + 1}: {longest[best]:.4f})")
+    return f"on 50,000 images, scored on validation — {'; '.join(parts)}"
+
+
+def cnn_width(r: dict) -> str:
+    """The CNN-width cell: each net's size, its epoch time and the 10-epoch trials a 30-minute study holds."""
+    parts = [
+        f"{name}: {row['n_params']:,} params, {row['flops'] / 1e6:.0f} MFLOPs, {row['epoch_s']:.0f} s per epoch, "
+        f"**{row['trials_in_30_min']:.1f}** trials per 30 min"
+        for name, row in r["rows"].items()
+    ]
+    return f"cnn channels (baseline's other parameters), 10-epoch trials of 50,000 images — {'; '.join(parts)}"
+
+
+def cost_measurement(r: dict) -> str:
+    """The cost-measurement cell: seconds per trial, and the share of a 10-epoch trial."""
+    parts = [
+        f"{kind} baseline {row['costs_s']:.2f} s vs a {row['trial_s']:.0f} s trial (**{row['share']:.1%}**)"
+        for kind, row in r["rows"].items()
+    ]
+    return "parameters, FLOPs and CPU latency of a trained trial's model: " + "; ".join(parts)
+
+
 def quality(r: dict) -> str:
     """Benchmark 5's cell."""
     trials = r["trials"]
@@ -182,6 +212,9 @@ ROWS: list[tuple[str, str, Callable[[dict], str], str]] = [
     ("4 pruning payoff", "pruning_payoff.py", pruning_payoff, "epochs saved at equal quality"),
     ("CNN speed-ups", "cnn_speedups.py", cnn_speedups, "keep what wins, compile time included"),
     ("refit augmentation", "refit_augmentation.py", refit_augmentation, "adopt only if it wins at equal time"),
+    ("refit length, CNN", "refit_epochs.py --model cnn --factors 3", refit_length, "a longer refit only if it pays"),
+    ("CNN widths", "cnn_width.py", cnn_width, "what a 30-minute CNN study can afford here"),
+    ("cost measurement per trial", "cost_measurement.py", cost_measurement, "a few % of a trial at most"),
     ("5 quality, MLP 600 s", "quality.py", quality, "≥ 0.895 (benchmark MLP 256-128-100: 0.8833)"),
     ("5 quality, CNN 30 min", "quality.py --model cnn --timeout 1800", quality, "≥ 0.935, search beats the baseline"),
     (

@@ -71,9 +71,9 @@ def test_gpu_script_rejects_an_unknown_argument() -> None:
     assert "unknown argument --fast" in result.stderr
 
 
-def run_quick(script: str, data_dir: Path, output: Path) -> subprocess.CompletedProcess[str]:
-    """Run one benchmark script with --quick; it must succeed."""
-    command = [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--data-dir", str(data_dir)]
+def run_quick(script: str, data_dir: Path, output: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Run one benchmark script with --quick (and `flags`); it must succeed."""
+    command = [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--data-dir", str(data_dir), *flags]
     result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
@@ -175,5 +175,36 @@ def test_refit_epochs_quick_run_compares_one_and_two_schedules(real_data_dir: Pa
     rows = json.loads(output.read_text())["rows"]
     assert list(rows) == ["mlp", "cnn"]
     for row in rows.values():
-        assert len(row["curve_2x"]) == 2 and 0 < row["val"] <= 1 and 0 < row["val_2x"] <= 1
+        assert [len(curve) for curve in row["curves"].values()] == [1, 2]
+        assert list(row["val"]) == ["1", "2"] and all(0 < val <= 1 for val in row["val"].values())
     assert "2 epochs" in result.stdout
+
+
+@pytest.mark.slow
+def test_refit_epochs_trains_one_baseline_for_the_lengths_asked(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "refit.json"
+    result = run_quick("refit_epochs.py", real_data_dir, output, "--model", "cnn", "--factors", "3")
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["cnn"] and list(rows["cnn"]["curves"]) == ["3"] and len(rows["cnn"]["curves"]["3"]) == 3
+    assert "3 epochs" in result.stdout and "best epoch" in result.stdout
+
+
+@pytest.mark.slow
+def test_cnn_width_quick_run_prices_each_width_as_trials(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "width.json"
+    result = run_quick("cnn_width.py", real_data_dir, output)
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["32-64 (baseline)", "64-128", "32-64-128", "128-128"]
+    assert all(row["epoch_s"] > 0 and row["trials_in_30_min"] > 0 for row in rows.values())
+    assert rows["128-128"]["flops"] > rows["64-128"]["flops"] > rows["32-64 (baseline)"]["flops"]
+    assert "per 30 min" in result.stdout
+
+
+@pytest.mark.slow
+def test_cost_measurement_quick_run_sets_it_against_a_trial(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "costs.json"
+    result = run_quick("cost_measurement.py", real_data_dir, output)
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["mlp", "cnn"]
+    assert all(row["costs_s"] > 0 and row["trial_s"] > 0 and 0 < row["share"] < 1 for row in rows.values())
+    assert "share" in result.stdout
