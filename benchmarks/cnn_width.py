@@ -47,12 +47,16 @@ def main() -> None:
     samples = 512 if args.quick else 10_240
     train = load_data(args.data_dir, seed=42).train.head(samples)
     rows = {name: priced(channels, train) for name, channels in WIDTHS.items()}
+    baseline_s = rows["32-64 (baseline)"]["epoch_s"]
+    for row in rows.values():
+        row["vs_baseline"] = row["epoch_s"] / baseline_s
     print(f"cnn widths, timed on {samples:,} training images, priced per 50,000, {device_label(torch.device('cpu'))}")
-    print(f"{'channels':<18} {'params':>9} {'MFLOPs':>8} {'s/epoch':>8} {'trial min':>10} {'per 30 min':>11}")
+    header = f"{'params':>9} {'MFLOPs':>8} {'s/epoch':>8} {'x base':>7} {'trial min':>10} {'per 30 min':>11}"
+    print(f"{'channels':<18} {header}")
     for name, row in rows.items():
         print(
             f"{name:<18} {row['n_params']:>9,} {row['flops'] / 1e6:8.1f} {row['epoch_s']:8.1f} "
-            f"{row['trial_min']:10.1f} {row['trials_in_30_min']:11.1f}"
+            f"{row['vs_baseline']:7.2f} {row['trial_min']:10.1f} {row['trials_in_30_min']:11.1f}"
         )
     result = {"device": device_label(torch.device("cpu")), "samples": samples, "rows": rows}
     args.output.write_text(json.dumps(result, indent=2))

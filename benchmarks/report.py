@@ -121,7 +121,8 @@ def refit_length(r: dict) -> str:
 def cnn_width(r: dict) -> str:
     """The CNN-width cell: each net's size, its epoch time and the 10-epoch trials a 30-minute study holds."""
     parts = [
-        f"{name}: {row['n_params']:,} params, {row['flops'] / 1e6:.0f} MFLOPs, {row['epoch_s']:.0f} s per epoch, "
+        f"{name}: {row['n_params']:,} params, {row['flops'] / 1e6:.0f} MFLOPs, {row['epoch_s']:.0f} s per epoch "
+        f"({row['vs_baseline']:.2f}x), "
         f"**{row['trials_in_30_min']:.1f}** trials per 30 min"
         for name, row in r["rows"].items()
     ]

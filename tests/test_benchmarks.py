@@ -196,6 +196,7 @@ def test_cnn_width_quick_run_prices_each_width_as_trials(real_data_dir: Path, tm
     rows = json.loads(output.read_text())["rows"]
     assert list(rows) == ["32-64 (baseline)", "64-128", "32-64-128", "128-128"]
     assert all(row["epoch_s"] > 0 and row["trials_in_30_min"] > 0 for row in rows.values())
+    assert rows["32-64 (baseline)"]["vs_baseline"] == 1
     assert rows["128-128"]["flops"] > rows["64-128"]["flops"] > rows["32-64 (baseline)"]["flops"]
     assert "per 30 min" in result.stdout
 
