@@ -74,7 +74,7 @@ def test_gpu_script_rejects_an_unknown_argument() -> None:
 def run_quick(script: str, data_dir: Path, output: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """Run one benchmark script with --quick (and `flags`); it must succeed."""
     command = [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--data-dir", str(data_dir), *flags]
-    result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
