@@ -7,8 +7,10 @@ validation accuracy, and the registered model's test accuracy.
 `--objectives val_accuracy,latency_ms` a multi-objective study whose Pareto front the JSON lists (accuracy against
 cost). Time to quality: from the command's start, the wall seconds until the study's best validation accuracy first
 reached 0.90 (MLP) or 0.925 (CNN), read from the trials' completion times; `--pruner` compares pruners on it.
-Writes a JSON file (named after the model, the budget, the objectives, a non-default pruner or TPE start) next to
-this script.
+`--max-train-samples N` makes the training-set size the trials' resource: each trial trains on N images (validation
+stays whole), and the best configuration is still refit on all 60,000.
+Writes a JSON file (named after the model, the budget, the objectives, a non-default pruner, TPE start or training
+subset) next to this script.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from report import quality_json_name
 
 from fashion_hpo.constants import BASELINE
 
@@ -34,7 +37,7 @@ QUALITY = {"mlp": 0.90, "cnn": 0.925}  # the validation accuracy that time to qu
 
 
 def parse_args() -> argparse.Namespace:
-    """--quick, --model, --timeout, --max-params, --objectives, --pruner, --startup-trials, --data-dir, --output."""
+    """--quick, --model, --timeout, the study's flags to compare (--max-params to --max-train-samples), --output."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch, refit 1 epoch)"
@@ -57,6 +60,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=10,
         help="the study's --startup-trials: TPE's random trials (default: 10, the project's default)",
+    )
+    parser.add_argument(
+        "--max-train-samples",
+        type=int,
+        default=0,
+        help="the study's --max-train-samples: each trial trains on this many images; 0 = all (default: 0)",
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
     parser.add_argument("--output", type=Path, help="JSON result file (default: quality_<model>.json beside it)")
@@ -87,6 +96,8 @@ def main() -> None:
         params["pruner"] = args.pruner
     if args.startup_trials != 10:
         params["startup_trials"] = str(args.startup_trials)
+    if args.max_train_samples:
+        params["max_train_samples"] = str(args.max_train_samples)
     if args.quick:
         params.update(n_trials="2", epochs="1", refit_epochs="1", max_train_samples="1000")
     with tempfile.TemporaryDirectory() as folder:
@@ -117,12 +128,9 @@ def main() -> None:
         **({"pareto_front": front} if front else {}),
     }
     print(json.dumps(result, indent=2))
-    budget = f"_max_params_{args.max_params}" if args.max_params else ""
-    others = args.objectives.split(",")[1:]
-    objectives = "_vs_" + "_".join(others) if others else ""
-    pruner = f"_{args.pruner}" if args.pruner != "median" else ""
-    startup = f"_startup_{args.startup_trials}" if args.startup_trials != 10 else ""
-    name = f"quality_{args.model}{budget}{objectives}{pruner}{startup}.json"
+    name = quality_json_name(
+        args.model, args.max_params, args.objectives, args.pruner, args.startup_trials, args.max_train_samples
+    )
     (args.output or HERE / name).write_text(json.dumps(result, indent=2))
 
 

@@ -3,7 +3,7 @@
 Each configuration of `search_space.BASELINE_PARAMS` is trained on the 50,000-image train split with a cosine
 schedule over each length (E = a trial's 10 epochs, times each of `--factors`; default E and 2E), from the same
 initial weights and batch order, and scored on the validation split after every epoch — never on the test set.
-A gain at 2E is why the refit trains twice the best trial's epochs by default; `--model cnn --factors 3` asks
+A gain at 2E is why the refit trains twice the best trial's epochs by default; `--model cnn --factors 2,3` asks
 whether a longer refit would pay. Prints the table and writes a JSON file next to this script.
 """
 
