@@ -9,8 +9,10 @@ cost). Time to quality: from the command's start, the wall seconds until the stu
 reached 0.90 (MLP) or 0.925 (CNN), read from the trials' completion times; `--pruner` compares pruners on it.
 `--max-train-samples N` makes the training-set size the trials' resource: each trial trains on N images (validation
 stays whole), and the best configuration is still refit on all 60,000.
-Writes a JSON file (named after the model, the budget, the objectives, a non-default pruner, TPE start or training
-subset) next to this script.
+`--seed N` runs the study with another seed (sampler, split and torch) to show run-to-run noise: the seed decides the
+configurations drawn and how they train, so a rerun with the same seed is no second sample.
+Writes a JSON file (named after the model, the budget, the objectives, a non-default pruner, TPE start, training
+subset or seed) next to this script.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ QUALITY = {"mlp": 0.90, "cnn": 0.925}  # the validation accuracy that time to qu
 
 
 def parse_args() -> argparse.Namespace:
-    """--quick, --model, --timeout, the study's flags to compare (--max-params to --max-train-samples), --output."""
+    """--quick, --model, --timeout, the study's flags to compare (--max-params to --seed), --output."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a run of under a minute (2 trials x 1 epoch, refit 1 epoch)"
@@ -66,6 +68,13 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=0,
         help="the study's --max-train-samples: each trial trains on this many images; 0 = all (default: 0)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="the study's --seed (sampler, train/validation split, torch); another seed gives a second sample of "
+        "a study (default: 42, the project's default)",
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
     parser.add_argument("--output", type=Path, help="JSON result file (default: quality_<model>.json beside it)")
@@ -98,6 +107,8 @@ def main() -> None:
         params["startup_trials"] = str(args.startup_trials)
     if args.max_train_samples:
         params["max_train_samples"] = str(args.max_train_samples)
+    if args.seed != 42:
+        params["seed"] = str(args.seed)
     if args.quick:
         params.update(n_trials="2", epochs="1", refit_epochs="1", max_train_samples="1000")
     with tempfile.TemporaryDirectory() as folder:
@@ -129,7 +140,13 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     name = quality_json_name(
-        args.model, args.max_params, args.objectives, args.pruner, args.startup_trials, args.max_train_samples
+        args.model,
+        args.max_params,
+        args.objectives,
+        args.pruner,
+        args.startup_trials,
+        args.max_train_samples,
+        args.seed,
     )
     (args.output or HERE / name).write_text(json.dumps(result, indent=2))
 

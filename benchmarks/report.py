@@ -271,20 +271,23 @@ def json_name(command: str) -> str:
         value("--pruner", "median"),
         int(value("--startup-trials", "10")),
         int(value("--max-train-samples", "0")),
+        int(value("--seed", "42")),
     )
 
 
 def quality_json_name(
-    model: str, max_params: int, objectives: str, pruner: str, startup_trials: int, max_train_samples: int
+    model: str, max_params: int, objectives: str, pruner: str, startup_trials: int, max_train_samples: int, seed: int
 ) -> str:
-    """quality.py's JSON file: one per model, budget, objectives, and non-default pruner, TPE start or train subset."""
+    """quality.py's JSON file: one per model, budget, objectives, and non-default pruner, TPE start, train subset or
+    seed."""
     budget = f"_max_params_{max_params}" if max_params else ""
     others = objectives.split(",")[1:]
     versus = "_vs_" + "_".join(others) if others else ""
     named = f"_{pruner}" if pruner != "median" else ""
     startup = f"_startup_{startup_trials}" if startup_trials != 10 else ""
     train = f"_train_{max_train_samples}" if max_train_samples else ""
-    return f"quality_{model}{budget}{versus}{named}{startup}{train}.json"
+    seeded = f"_seed_{seed}" if seed != 42 else ""
+    return f"quality_{model}{budget}{versus}{named}{startup}{train}{seeded}.json"
 
 
 def table() -> str:
