@@ -7,8 +7,9 @@ validation accuracy, and the registered model's test accuracy.
 `--objectives val_accuracy,latency_ms` a multi-objective study whose Pareto front the JSON lists (accuracy against
 cost). Time to quality: from the command's start, the wall seconds until the study's best validation accuracy first
 reached 0.90 (MLP) or 0.925 (CNN), read from the trials' completion times; `--pruner` compares pruners on it.
-`--max-train-samples N` makes the training-set size the trials' resource: each trial trains on N images (validation
-stays whole), and the best configuration is still refit on all 60,000.
+`--max-train-samples N` sets the training-set size, the trials' resource: each trial trains on N images (0 = all;
+validation stays whole; the project's default is 10,000 for the CNN, all for the MLP), and the best configuration is
+still refit on all 60,000.
 `--seed N` runs the study with another seed (sampler, split and torch) to show run-to-run noise: the seed decides the
 configurations drawn and how they train, so a rerun with the same seed is no second sample.
 Writes a JSON file (named after the model, the budget, the objectives, a non-default pruner, TPE start, training
@@ -66,8 +67,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-train-samples",
         type=int,
-        default=0,
-        help="the study's --max-train-samples: each trial trains on this many images; 0 = all (default: 0)",
+        help="the study's --max-train-samples: each trial trains on this many images; 0 = all (default: the "
+        "project's, auto: 10,000 for cnn, all for mlp)",
     )
     parser.add_argument(
         "--seed",
@@ -105,7 +106,7 @@ def main() -> None:
         params["pruner"] = args.pruner
     if args.startup_trials != 10:
         params["startup_trials"] = str(args.startup_trials)
-    if args.max_train_samples:
+    if args.max_train_samples is not None:
         params["max_train_samples"] = str(args.max_train_samples)
     if args.seed != 42:
         params["seed"] = str(args.seed)

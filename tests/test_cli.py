@@ -23,6 +23,7 @@ BAD_FLAGS = [
     (["--epochs", "1.5"], "--epochs"),
     (["--seed", "-1"], "--seed"),
     (["--max-train-samples", "-100"], "--max-train-samples"),
+    (["--max-train-samples", "Auto"], "--max-train-samples"),
     (["--model", "resnet"], "--model"),
     (["--pruner", "asha"], "--pruner"),
     (["--sampler", "grid"], "--sampler"),
@@ -73,6 +74,22 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings_from_args(build_parser().parse_args(["study", "--model", "cnn"])).study_name == "fashion-mnist-cnn"
 
 
+@pytest.mark.parametrize(
+    ("flags", "samples"),
+    [
+        ([], 0),
+        (["--model", "cnn"], 10_000),
+        (["--model", "cnn", "--max-train-samples", "auto"], 10_000),
+        (["--model", "cnn", "--max-train-samples", "0"], 0),
+        (["--model", "mlp", "--max-train-samples", "2000"], 2000),
+    ],
+)
+def test_trials_train_on_the_models_default_subset_unless_told(flags: list[str], samples: int) -> None:
+    settings = settings_from_args(build_parser().parse_args(["study", *flags]))
+    assert settings.max_train_samples == samples
+    assert settings.loggable()["max_train_samples"] == str(samples), "logged as the number trained on"
+
+
 def test_every_flag_has_help_with_its_default() -> None:
     study_parser = build_parser()._subparsers._group_actions[0].choices["study"]
     for action in study_parser._actions:
@@ -111,6 +128,7 @@ def test_mlproject_names_every_flag_with_the_same_defaults() -> None:
     for name, spec in main_entry["parameters"].items():
         assert f"--{name.replace('_', '-')} {{{name}}}" in main_entry["command"]
         expected = "" if name in ("study_name", "storage") else str(getattr(defaults, name))  # '' = the CLI's default
+        expected = "auto" if name == "max_train_samples" else expected  # the model's default, as the CLI's
         assert str(spec["default"]) == expected, name
     # Not parameters: `mlflow run` names and nests its own run, registers unless -e, and logs rather than draws;
     # starting without the baseline trial is a CLI switch.

@@ -108,6 +108,7 @@ def test_interrupted_and_retried_failures_do_not_use_the_budget() -> None:
 def test_worker_command_lines_reproduce_the_settings() -> None:
     original = RunSettings(
         n_trials=9,
+        model="cnn",
         workers=1,
         threads=3,
         run_name="s-worker-2",

@@ -13,10 +13,12 @@ from typing import Any
 from fashion_hpo.constants import LATENCY_MS, MODEL_KINDS, N_PARAMS, OPTIMIZED_METRIC, PROMOTE_CHOICES
 from fashion_hpo.settings import (
     DEVICES,
+    MODEL_DEFAULT,
     PRUNERS,
     REFIT_EPOCHS_FACTOR,
     SAMPLERS,
     STORAGE_ENV,
+    TRIAL_TRAIN_SAMPLES,
     RunSettings,
     storage_from_environment,
 )
@@ -38,6 +40,11 @@ def count(minimum: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def train_samples(text: str) -> int:
+    """--max-train-samples: an integer >= 0, or `auto` for the model's default."""
+    return MODEL_DEFAULT if text == "auto" else count(0)(text)
 
 
 def non_negative_float(text: str) -> float:
@@ -95,9 +102,11 @@ def flag_specs() -> dict[str, dict[str, Any]]:
             f"else {DEFAULTS.storage}; the variable keeps a password off the command line)",
         ),
         "--max-train-samples": dict(
-            type=count(0),
-            default=DEFAULTS.max_train_samples,
-            help="train each trial on this many training images; 0 = all 50,000 (default: %(default)s)",
+            type=train_samples,
+            default=MODEL_DEFAULT,
+            help="train each trial on this many training images; 0 = all 50,000; auto = "
+            + ", ".join(f"{samples or 'all'} for {model}" for model, samples in TRIAL_TRAIN_SAMPLES.items())
+            + " (default: auto)",
         ),
         "--device": dict(
             choices=DEVICES, default=DEFAULTS.device, help="auto picks CUDA when present (default: %(default)s)"
