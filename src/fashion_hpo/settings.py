@@ -33,8 +33,8 @@ STORAGE_ENV = "FASHION_HPO_STORAGE"
 # Trials train short so that more configurations fit the budget; the one refit can afford a longer schedule.
 REFIT_EPOCHS_FACTOR = 2
 # Training images per trial when --max-train-samples is not given (0 = all 50,000). A CNN trial on all of them takes
-# 5-9 minutes on 2 cores, so a 30-minute study judged 4-6 configurations, all but the baseline random draws; on 10,000
-# it takes about a minute, and the study judges 15-20, enough for the pruner and TPE to act
+# 5-9 minutes on 2 cores, so a 30-minute study judged 4-10 configurations, mostly random draws; on 10,000
+# it takes about a minute, and the study judged 19 and 32, enough for the pruner and TPE to act
 # (benchmarks/quality_cnn*.json). MLP trials are cheap on all of them. The refit always trains on all 60,000.
 TRIAL_TRAIN_SAMPLES = {"mlp": 0, "cnn": 10_000}
 MODEL_DEFAULT = -1  # a size knob left to the model's default, resolved when the settings are made
