@@ -97,19 +97,22 @@ def run_project(folder: Path, params: dict[str, str]) -> float:
 
 def main() -> None:
     args = parse_args()
-    params = {"model": args.model, "timeout": str(args.timeout), "data_dir": str(args.data_dir.resolve())}
+    # The study's settings this run changes from the project's defaults: passed as -P, they also name its JSON file.
+    overrides: dict[str, str] = {}
     if args.max_params:
-        params["max_params"] = str(args.max_params)
+        overrides["max_params"] = str(args.max_params)
     if args.objectives != "val_accuracy":
-        params["objectives"] = args.objectives
+        overrides["objectives"] = args.objectives
     if args.pruner != "median":
-        params["pruner"] = args.pruner
+        overrides["pruner"] = args.pruner
     if args.startup_trials != 10:
-        params["startup_trials"] = str(args.startup_trials)
+        overrides["startup_trials"] = str(args.startup_trials)
     if args.max_train_samples is not None:
-        params["max_train_samples"] = str(args.max_train_samples)
+        overrides["max_train_samples"] = str(args.max_train_samples)
     if args.seed != 42:
-        params["seed"] = str(args.seed)
+        overrides["seed"] = str(args.seed)
+    name = quality_json_name(args.model, overrides)
+    params = {"model": args.model, "timeout": str(args.timeout), "data_dir": str(args.data_dir.resolve()), **overrides}
     if args.quick:
         params.update(n_trials="2", epochs="1", refit_epochs="1", max_train_samples="1000")
     with tempfile.TemporaryDirectory() as folder:
@@ -140,15 +143,6 @@ def main() -> None:
         **({"pareto_front": front} if front else {}),
     }
     print(json.dumps(result, indent=2))
-    name = quality_json_name(
-        args.model,
-        args.max_params,
-        args.objectives,
-        args.pruner,
-        args.startup_trials,
-        args.max_train_samples,
-        args.seed,
-    )
     (args.output or HERE / name).write_text(json.dumps(result, indent=2))
 
 

@@ -271,40 +271,27 @@ def json_name(command: str) -> str:
     script, *flags = command.split()
     if script != "quality.py":
         return script.replace(".py", ".json")
-
-    def value(flag: str, default: str) -> str:
-        return flags[flags.index(flag) + 1] if flag in flags else default
-
-    return quality_json_name(
-        value("--model", "mlp"),
-        int(value("--max-params", "0")),
-        value("--objectives", "val_accuracy"),
-        value("--pruner", "median"),
-        int(value("--startup-trials", "10")),
-        int(value("--max-train-samples", "")) if "--max-train-samples" in flags else None,
-        int(value("--seed", "42")),
-    )
+    given = {flag[2:].replace("-", "_"): value for flag, value in zip(flags[::2], flags[1::2], strict=True)}
+    model = given.pop("model", "mlp")
+    given.pop("timeout", None)  # the model's budget, not part of the name
+    return quality_json_name(model, given)
 
 
-def quality_json_name(
-    model: str,
-    max_params: int,
-    objectives: str,
-    pruner: str,
-    startup_trials: int,
-    max_train_samples: int | None,
-    seed: int,
-) -> str:
-    """quality.py's JSON file: one per model, budget, objectives, and non-default pruner, TPE start, train subset or
-    seed."""
-    budget = f"_max_params_{max_params}" if max_params else ""
-    others = objectives.split(",")[1:]
-    versus = "_vs_" + "_".join(others) if others else ""
-    named = f"_{pruner}" if pruner != "median" else ""
-    startup = f"_startup_{startup_trials}" if startup_trials != 10 else ""
-    train = "" if max_train_samples is None else f"_train_{max_train_samples or 'all'}"
-    seeded = f"_seed_{seed}" if seed != 42 else ""
-    return f"quality_{model}{budget}{versus}{named}{startup}{train}{seeded}.json"
+# How each study setting that a quality run overrides (`-P name=value`) shows in its JSON file's name, in this order.
+QUALITY_SUFFIXES: dict[str, Callable[[str], str]] = {
+    "max_params": lambda value: f"_max_params_{value}",
+    "objectives": lambda value: "_vs_" + "_".join(value.split(",")[1:]),
+    "pruner": lambda value: f"_{value}",
+    "startup_trials": lambda value: f"_startup_{value}",
+    "max_train_samples": lambda value: f"_train_{'all' if value == '0' else value}",
+    "seed": lambda value: f"_seed_{value}",
+}
+
+
+def quality_json_name(model: str, overrides: dict[str, str]) -> str:
+    """quality.py's JSON file: one per model and set of study settings it overrides (quality.py passes only those)."""
+    suffixes = "".join(suffix(overrides[name]) for name, suffix in QUALITY_SUFFIXES.items() if name in overrides)
+    return f"quality_{model}{suffixes}.json"
 
 
 def table() -> str:
