@@ -14,9 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from fashion_hpo.process import StopSignals, Terminated
 from tests.conftest import REPO, subprocess_env, temporary_tracking
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STUDY = "interrupted"
 
 
@@ -67,6 +67,28 @@ def assert_closed_cleanly(work: Path, parent_status: tuple[str, ...] = ("KILLED"
             assert run.info.status == expected[trial.state], (trial.number, trial.state)
 
 
+def test_the_second_stop_signal_waits_for_the_clean_up_and_the_third_does_not(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    handler = StopSignals("fashion-hpo study")
+    with pytest.raises(KeyboardInterrupt) as first:
+        handler(signal.SIGINT, None)
+    assert not isinstance(first.value, Terminated)
+    handler(signal.SIGTERM, None)  # held back: returns
+    assert capfd.readouterr().err == (
+        "\nfashion-hpo study: SIGTERM while stopping: closing the runs first (SIGTERM again stops it)\n"
+    )
+    with pytest.raises(Terminated):
+        handler(signal.SIGTERM, None)
+
+
+def test_sigterm_first_raises_terminated() -> None:
+    with pytest.raises(Terminated):
+        StopSignals("fashion-hpo study")(signal.SIGTERM, None)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_closes_runs_and_keeps_trials(tmp_path: Path, real_data_dir: Path, signum: int, code: int) -> None:
     process = start_study(tmp_path, real_data_dir)
@@ -93,14 +115,18 @@ def assert_rerun_continues(work: Path, data_dir: Path) -> None:
     assert trials[-1].state == TrialState.COMPLETE
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_second_ctrl_c_during_cleanup_still_leaves_nothing_running(tmp_path: Path, real_data_dir: Path) -> None:
     process = start_study(tmp_path, real_data_dir)
     wait_for_finished_trial(tmp_path, process)
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 130
+    assert "SIGINT while stopping: closing the runs first" in err, "the second Ctrl-C came during the clean-up"
+    assert "interrupted (SIGINT)" in err and "Traceback" not in err
     assert_closed_cleanly(tmp_path)
 
 
@@ -128,20 +154,26 @@ def project_runs(work: Path) -> list[str]:
         return [run.info.status for run in runs if "mlflow.parentRunId" not in run.data.tags]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_ctrl_c_under_mlflow_run_ends_the_project_run_interrupted(tmp_path: Path, real_data_dir: Path) -> None:
     process = mlflow_run(
         tmp_path, real_data_dir, study_name=STUDY, n_trials=100, epochs=10, max_train_samples=3000, pruner="none"
     )
     wait_for_finished_trial(tmp_path, process)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
-    process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode != 0
+    # `mlflow run` passes the interrupt on as SIGTERM while the study is still closing its runs: held back.
+    assert "fashion-hpo study: interrupted (SIGINT)" in err and "Traceback" not in err
     # The study ends the project run KILLED; `mlflow run` (3.17) then overwrites it with FAILED, because its
     # _maybe_set_run_terminated compares the string status with integer enums. Either way: not FINISHED,
     # not RUNNING, and tagged interrupted=true.
     assert_closed_cleanly(tmp_path, parent_status=("KILLED", "FAILED"))
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_bad_mlproject_parameter_fails_the_run_with_one_line(tmp_path: Path, real_data_dir: Path) -> None:
     process = mlflow_run(tmp_path, real_data_dir, n_trials="ten")
     _, err = process.communicate(timeout=120)

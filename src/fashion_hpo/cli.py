@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fashion-hpo` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handle_interrupts()
+    handle_interrupts(f"{parser.prog} {args.command}")
     try:
         return run_command(args)
     except UsageError as err:

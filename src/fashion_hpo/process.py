@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -16,15 +17,32 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # How SQLAlchemy names a unique-constraint violation (SQLite, MySQL drivers; psycopg) in the text of MLflow's error.
 CONFLICT_MARKERS = ("IntegrityError", "UniqueViolation")
 RACE_ATTEMPTS = 3  # one lost race per other process writing the same row at the same moment is plenty
+HELD_BACK_SIGNAL = 2  # which stop signal waits for the clean-up (see StopSignals)
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: runs are closed as KILLED, finished trials are kept."""
 
 
-def raise_terminated(signum: int, frame: object) -> None:
-    """SIGTERM handler."""
-    raise Terminated()
+class StopSignals:
+    """The SIGINT / SIGTERM handler. The first raises, and the study closes its runs on the way out. The second is
+    held back, so that it cannot cut that clean-up short and leave a run RUNNING: `mlflow run` sends SIGTERM right
+    after passing a Ctrl-C on, and an impatient user presses twice. A third raises again, for one who will not wait
+    (the study's next invocation reconciles what that leaves RUNNING)."""
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.received = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        """Raise Terminated for SIGTERM, KeyboardInterrupt for SIGINT; or, the second time, say why not."""
+        self.received += 1
+        if self.received == HELD_BACK_SIGNAL:
+            name = signal.Signals(signum).name
+            note = f"\n{self.prog}: {name} while stopping: closing the runs first ({name} again stops it)\n"
+            os.write(2, note.encode())  # not print: the handler may run inside a write to stderr, which cannot re-enter
+            return
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def signal_name(interrupt: KeyboardInterrupt) -> signal.Signals:
@@ -84,11 +102,14 @@ class DropInterruptTraceback(logging.Filter):
         return True
 
 
-def handle_interrupts() -> None:
-    """SIGTERM raises Terminated (from the main thread only, where Python runs handlers); failed-trial logs of
-    interrupted trials carry no traceback."""
+def handle_interrupts(prog: str) -> None:
+    """SIGINT and SIGTERM go to StopSignals (from the main thread only, where Python runs handlers); failed-trial
+    logs of interrupted trials carry no traceback."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)
+        handler = StopSignals(prog)
+        signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores Ctrl-C
+            signal.signal(signal.SIGINT, handler)
     logging.getLogger("optuna.study._optimize").addFilter(DropInterruptTraceback())  # the logger of failed trials
 
 

@@ -68,7 +68,7 @@ def wait_for(workers: list[subprocess.Popen]) -> list[int]:
         for worker in workers:
             try:
                 worker.wait()
-            except KeyboardInterrupt:  # a second Ctrl-C: pass it on too, as a terminal would have
+            except KeyboardInterrupt:  # one that would not wait (see StopSignals): pass it on too
                 worker.send_signal(forwarded)
                 worker.wait()
         raise
