@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -13,12 +14,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from fashion_hpo import pipeline
 from fashion_hpo.artifacts import log_plots
 from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
-from fashion_hpo.settings import RunSettings
+from fashion_hpo.settings import RunSettings, UsageError
 from fashion_hpo.study import open_study, run_search
 from tests.conftest import MLP_PARAMS, free_port, run_cli
 
@@ -54,11 +56,55 @@ def test_existing_study_with_another_direction_is_refused(
     assert len(optuna.load_study(study_name="taken", storage=storage).trials) == 0
 
 
-def test_study_of_another_model_kind_is_refused(tiny_data: FashionData, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("changed", "flag", "before"),
+    [
+        ({"model": "cnn"}, "--model", "mlp"),
+        ({"epochs": 3}, "--epochs", "10"),
+        ({"seed": 1}, "--seed", "42"),
+        ({"max_train_samples": 1000}, "--max-train-samples", "0"),
+    ],
+)
+def test_a_study_continued_with_another_trial_setup_is_refused(
+    tmp_path: Path, changed: dict[str, object], flag: str, before: str
+) -> None:
+    first = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db")
+    open_study(first)
+    with pytest.raises(UsageError) as refused:
+        open_study(replace(first, **changed))
+    assert refused.value.flag == flag and f"continue it with {flag} {before}," in str(refused.value)
+    assert optuna.load_study(study_name="setup", storage=first.storage).user_attrs[flag[2:].replace("-", "_")] == (
+        int(before) if before.isdigit() else before
+    ), "the study keeps its setup"
+
+
+def test_a_continued_study_may_change_its_budget_sampler_and_pruner(tmp_path: Path) -> None:
+    first = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db")
+    open_study(first)
+    open_study(replace(first, n_trials=50, timeout=60, sampler="random", pruner="none", refit_epochs=2))
+
+
+def test_a_study_made_before_its_setup_was_recorded_keeps_the_one_it_is_continued_with(tmp_path: Path) -> None:
+    first = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db", epochs=4)
+    optuna.create_study(study_name="setup", storage=first.storage, direction="maximize")
+    open_study(first)
+    with pytest.raises(UsageError, match="--epochs 4, not 10"):
+        open_study(replace(first, epochs=10))
+
+
+def test_another_trial_setup_on_the_command_line_is_one_line(
+    tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     storage = f"sqlite:///{tmp_path}/o.db"
-    open_study(RunSettings(study_name="kinds", storage=storage, model="mlp"))
-    with pytest.raises(ValueError, match="--model"):
-        open_study(RunSettings(study_name="kinds", storage=storage, model="cnn"))
+    open_study(RunSettings(study_name="setup", storage=storage, model="cnn"))  # 10,000 images per trial
+    command = ["study", "--study-name", "setup", "--storage", storage, "--model", "cnn", "--max-train-samples", "0"]
+    assert run_cli([*command, "--data-dir", str(tmp_path)]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "fashion-hpo study: error: argument --max-train-samples: study 'setup' trains its trials with "
+        "--max-train-samples 10000, not 0; continue it with --max-train-samples 10000, or choose another --study-name"
+    )
+    trials = optuna.load_study(study_name="setup", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.WAITING], "only the baseline the first open queued; none started"
 
 
 def test_storage_without_its_driver_names_the_fix(

@@ -19,6 +19,10 @@ from fashion_hpo.settings import NO_LIMITS, PRUNERS, SAMPLERS, CostLimits, RunSe
 from fashion_hpo.storage import BudgetedStorage, StaleTrialCallback, StudyFull, budget_used, engine_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+# What makes a study's trial scores comparable: the model kind, how long and on how many images each trial trains, and
+# the seed that draws the train/validation split. A continued study keeps them; its budget, sampler and pruner may
+# change. (`--max-train-samples auto` is stored as the number it stands for.)
+TRIAL_SETUP = ("model", "epochs", "max_train_samples", "seed")
 
 
 def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
@@ -154,14 +158,22 @@ def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
             f"study {settings.study_name!r} exists with another objective ({have}, not {want}); choose another name",
         )
     study.set_user_attr("objectives", list(settings.objective_names))
-    kind = study.user_attrs.get("model")
-    if kind is None:
-        study.set_user_attr("model", settings.model)
-    elif kind != settings.model:
-        raise UsageError(
-            "--model",
-            f"study {settings.study_name!r} searches {kind!r} models; use --model {kind} or another --study-name",
-        )
+    check_same_trial_setup(study, settings)
+
+
+def check_same_trial_setup(study: optuna.Study, settings: RunSettings) -> None:
+    """A continued study must train its trials as before, so that their scores compare (see TRIAL_SETUP)."""
+    for name in TRIAL_SETUP:
+        value, stored = getattr(settings, name), study.user_attrs.get(name)
+        if stored is None:  # a new study, or one made before this setting was recorded: kept from now on
+            study.set_user_attr(name, value)
+        elif stored != value:
+            flag = f"--{name.replace('_', '-')}"
+            raise UsageError(
+                flag,
+                f"study {settings.study_name!r} trains its trials with {flag} {stored}, not {value}; "
+                f"continue it with {flag} {stored}, or choose another --study-name",
+            )
 
 
 def load_existing_study(settings: RunSettings) -> optuna.Study:
