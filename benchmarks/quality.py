@@ -34,9 +34,12 @@ from optuna.trial import TrialState
 from report import quality_json_name
 
 from fashion_hpo.constants import BASELINE
+from fashion_hpo.settings import RunSettings
 
 HERE = Path(__file__).resolve().parent
 QUALITY = {"mlp": 0.90, "cnn": 0.925}  # the validation accuracy that time to quality waits for
+PROJECT = RunSettings()  # the project's defaults, which a run overrides only where its flags differ
+STUDY_FLAGS = ("max_params", "objectives", "pruner", "startup_trials", "max_train_samples", "seed")
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,21 +51,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="search space (default: mlp)")
     parser.add_argument("--timeout", type=int, default=600, help="the study's budget in seconds (default: 600)")
     parser.add_argument(
-        "--max-params", type=int, default=0, help="the study's --max-params constraint; 0 = none (default: 0)"
+        "--max-params",
+        type=int,
+        default=PROJECT.max_params,
+        help="the study's --max-params constraint; 0 = none (default: %(default)s, the project's)",
     )
     parser.add_argument(
         "--objectives",
-        default="val_accuracy",
-        help="the study's --objectives, e.g. val_accuracy,latency_ms (default: val_accuracy)",
+        default=PROJECT.objectives,
+        help="the study's --objectives, e.g. val_accuracy,latency_ms (default: %(default)s, the project's)",
     )
     parser.add_argument(
-        "--pruner", default="median", help="the study's --pruner (default: median, the project's default)"
+        "--pruner", default=PROJECT.pruner, help="the study's --pruner (default: %(default)s, the project's)"
     )
     parser.add_argument(
         "--startup-trials",
         type=int,
-        default=10,
-        help="the study's --startup-trials: TPE's random trials (default: 10, the project's default)",
+        default=PROJECT.startup_trials,
+        help="the study's --startup-trials: TPE's random trials (default: %(default)s, the project's)",
     )
     parser.add_argument(
         "--max-train-samples",
@@ -73,13 +79,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--seed",
         type=int,
-        default=42,
+        default=PROJECT.seed,
         help="the study's --seed (sampler, train/validation split, torch); another seed gives a second sample of "
-        "a study (default: 42, the project's default)",
+        "a study (default: %(default)s, the project's)",
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="FashionMNIST folder (default: data)")
     parser.add_argument("--output", type=Path, help="JSON result file (default: quality_<model>.json beside it)")
     return parser.parse_args()
+
+
+def study_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The study's settings this run changes from the project's defaults: passed as -P, they also name its JSON file.
+    --max-train-samples counts whenever given, since the project's default depends on the model."""
+    overrides: dict[str, str] = {}
+    for name in STUDY_FLAGS:
+        value = getattr(args, name)
+        if value is not None and (name == "max_train_samples" or value != getattr(PROJECT, name)):
+            overrides[name] = str(value)
+    return overrides
 
 
 def run_project(folder: Path, params: dict[str, str]) -> float:
@@ -97,20 +114,7 @@ def run_project(folder: Path, params: dict[str, str]) -> float:
 
 def main() -> None:
     args = parse_args()
-    # The study's settings this run changes from the project's defaults: passed as -P, they also name its JSON file.
-    overrides: dict[str, str] = {}
-    if args.max_params:
-        overrides["max_params"] = str(args.max_params)
-    if args.objectives != "val_accuracy":
-        overrides["objectives"] = args.objectives
-    if args.pruner != "median":
-        overrides["pruner"] = args.pruner
-    if args.startup_trials != 10:
-        overrides["startup_trials"] = str(args.startup_trials)
-    if args.max_train_samples is not None:
-        overrides["max_train_samples"] = str(args.max_train_samples)
-    if args.seed != 42:
-        overrides["seed"] = str(args.seed)
+    overrides = study_overrides(args)
     name = quality_json_name(args.model, overrides)
     params = {"model": args.model, "timeout": str(args.timeout), "data_dir": str(args.data_dir.resolve()), **overrides}
     if args.quick:
