@@ -302,14 +302,17 @@ runpy.run_module("fashion_hpo", run_name="__main__", alter_sys=True)
 POINTS = ("in-callback", "before-link", "training")
 N_TRIALS = 5
 RECOVERY = ["--heartbeat-interval", "1", "--grace-period", "3"]
+# Trials long enough for the "training" worker to be caught mid-trial from outside; every worker trains its trials
+# alike, since a study refuses another --epochs or --max-train-samples.
+LONGER_TRIALS = ["--epochs", "3", "--max-train-samples", "3000"]
 
 
 def start_doomed(work: Path, data_dir: Path, storage: str, point: str) -> subprocess.Popen[str]:
     """A worker (its run named after `point`) to be killed at `point`: one that stops itself there, or, for
-    "training", one whose trials train long enough to be caught mid-trial from outside."""
-    command = study_command(data_dir, storage, N_TRIALS, *RECOVERY, "--run-name", point)
+    "training", one caught mid-trial from outside."""
+    command = study_command(data_dir, storage, N_TRIALS, *RECOVERY, *LONGER_TRIALS, "--run-name", point)
     if point == "training":
-        return start([*command, "--epochs", "3", "--max-train-samples", "3000", "--pruner", "none"], work)
+        return start([*command, "--pruner", "none"], work)
     return start([sys.executable, "-c", BOOTSTRAP, *command[3:]], work, {**subprocess_env(work), STOP_AT: point})
 
 
@@ -383,7 +386,7 @@ def test_fresh_worker_leaves_no_run_running_and_every_trial_with_its_run(work: P
     assert trials[in_callback].state.is_finished() and trial_run_id(trials[in_callback]) is not None
     assert trial_run_id(trials[before_link]) is None and trial_run_of(runs, before_link)
 
-    finish(start(study_command(real_data_dir, storage, N_TRIALS, *RECOVERY), work), timeout=300)
+    finish(start(study_command(real_data_dir, storage, N_TRIALS, *RECOVERY, *LONGER_TRIALS), work), timeout=300)
     runs, trials = all_runs(work), trials_of(storage)
     assert all(trial.state.is_finished() for trial in trials.values())
     assert [run.info.run_name for run in runs if run.info.status == "RUNNING"] == []
