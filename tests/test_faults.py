@@ -21,7 +21,7 @@ from fashion_hpo.artifacts import log_plots
 from fashion_hpo.data import FashionData
 from fashion_hpo.objective import make_objective
 from fashion_hpo.settings import RunSettings, UsageError
-from fashion_hpo.study import open_study, run_search
+from fashion_hpo.study import load_existing_study, open_study, run_search, with_study_setup
 from tests.conftest import MLP_PARAMS, free_port, run_cli
 
 
@@ -84,12 +84,37 @@ def test_a_continued_study_may_change_its_budget_sampler_and_pruner(tmp_path: Pa
     open_study(replace(first, n_trials=50, timeout=60, sampler="random", pruner="none", refit_epochs=2))
 
 
-def test_a_study_made_before_its_setup_was_recorded_keeps_the_one_it_is_continued_with(tmp_path: Path) -> None:
+def test_an_empty_study_made_before_its_setup_was_recorded_keeps_the_one_it_is_continued_with(tmp_path: Path) -> None:
     first = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db", epochs=4)
     optuna.create_study(study_name="setup", storage=first.storage, direction="maximize")
     open_study(first)
     with pytest.raises(UsageError, match="--epochs 4, not 10"):
         open_study(replace(first, epochs=10))
+
+
+def test_an_earlier_versions_study_with_trials_is_not_checked_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db")
+    legacy = optuna.create_study(study_name="setup", storage=settings.storage, direction="maximize")
+    legacy.set_user_attr("model", "mlp")  # what earlier versions recorded
+    legacy.optimize(lambda trial: 0.5, n_trials=1)
+    with caplog.at_level(logging.WARNING, logger="fashion_hpo.study"):
+        open_study(settings)
+        open_study(replace(settings, epochs=3, max_train_samples=1000))
+    notes = [record.getMessage() for record in caplog.records if record.name == "fashion_hpo.study"]
+    assert len(notes) == 2 and "does not record its trials' --epochs, --max-train-samples, --seed" in notes[0]
+    assert optuna.load_study(study_name="setup", storage=settings.storage).user_attrs.keys() == {"model", "objectives"}
+    with pytest.raises(UsageError, match="--model"):
+        open_study(replace(settings, model="cnn"))
+
+
+def test_register_takes_the_studys_recorded_setup(tmp_path: Path) -> None:
+    made = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db", model="cnn", epochs=3, seed=7)
+    open_study(made)
+    register = RunSettings(study_name="setup", storage=made.storage)  # `fashion-hpo register` without those flags
+    adopted = with_study_setup(register, load_existing_study(register))
+    assert (adopted.model, adopted.epochs, adopted.max_train_samples, adopted.seed) == ("cnn", 3, 10_000, 7)
 
 
 def test_another_trial_setup_on_the_command_line_is_one_line(

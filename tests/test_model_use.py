@@ -188,6 +188,7 @@ def test_bad_payload_gets_a_4xx_and_the_server_keeps_answering(
 
 
 def test_registering_the_same_best_trial_again_adds_no_version(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     before = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
@@ -196,6 +197,9 @@ def test_registering_the_same_best_trial_again_adds_no_version(work: Path, capsy
     assert "already registered as version" in capsys.readouterr().out
     after = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
     assert len(after) == len(before)
+    register = "run_name = 'register-fashion-mnist-mlp'"
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=register, output_format="list")
+    assert runs and {run.data.params["seed"] for run in runs} == {"3"}, "the study's seed, not the default 42"
 
 
 def test_mlproject_predict_and_register_entry_points(work: Path) -> None:

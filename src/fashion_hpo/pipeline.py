@@ -65,6 +65,7 @@ from fashion_hpo.study import (
     run_search,
     trial_accuracy,
     trial_counts,
+    with_study_setup,
 )
 from fashion_hpo.tracking import give_up_on_tracking, log_costs, log_epoch, tag_pareto_front, tracked_objective
 from fashion_hpo.training import Evaluation, build_and_fit, confusion_matrix, evaluate
@@ -362,6 +363,7 @@ def run_register(settings: RunSettings, device: torch.device) -> int:
     """Refit and register the best trial of an existing study, without searching; returns the exit code."""
     check_tracking_store()
     study = load_existing_study(settings)
+    settings = with_study_setup(settings, study)
     best = best_trial(study, settings.limits)
     if best is None:
         print(

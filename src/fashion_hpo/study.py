@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import optuna
@@ -163,17 +165,32 @@ def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
 
 def check_same_trial_setup(study: optuna.Study, settings: RunSettings) -> None:
     """A continued study must train its trials as before, so that their scores compare (see TRIAL_SETUP)."""
+    recorded = study.user_attrs
+    unrecorded = [name for name in TRIAL_SETUP if name not in recorded]
+    if unrecorded and any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
+        # Made by an earlier version: how its trials trained is known nowhere, so nothing is recorded in its name.
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in unrecorded)
+        logging.getLogger(__name__).warning(
+            f"study {settings.study_name!r} does not record its trials' {flags} (made by an earlier fashion-hpo), so "
+            "this run's are not checked against them; earlier versions trained trials on all images by default"
+        )
+    else:
+        for name in unrecorded:
+            study.set_user_attr(name, getattr(settings, name))
     for name in TRIAL_SETUP:
-        value, stored = getattr(settings, name), study.user_attrs.get(name)
-        if stored is None:  # a new study, or one made before this setting was recorded: kept from now on
-            study.set_user_attr(name, value)
-        elif stored != value:
+        value, stored = getattr(settings, name), recorded.get(name, getattr(settings, name))
+        if stored != value:
             flag = f"--{name.replace('_', '-')}"
             raise UsageError(
                 flag,
                 f"study {settings.study_name!r} trains its trials with {flag} {stored}, not {value}; "
                 f"continue it with {flag} {stored}, or choose another --study-name",
             )
+
+
+def with_study_setup(settings: RunSettings, study: optuna.Study) -> RunSettings:
+    """`settings` with the trial setup `study` recorded: `register` refits with the study's seed, whatever its flags."""
+    return replace(settings, **{name: study.user_attrs[name] for name in TRIAL_SETUP if name in study.user_attrs})
 
 
 def load_existing_study(settings: RunSettings) -> optuna.Study:
