@@ -89,8 +89,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def study_overrides(args: argparse.Namespace) -> dict[str, str]:
-    """The study's settings this run changes from the project's defaults: passed as -P, they also name its JSON file.
-    --max-train-samples counts whenever given, since the project's default depends on the model."""
+    """The -P settings this run changes from the project's defaults, which also name its JSON file."""
+    # --max-train-samples counts whenever given: the project's default for it depends on the model.
     overrides: dict[str, str] = {}
     for name in STUDY_FLAGS:
         value = getattr(args, name)

@@ -55,6 +55,15 @@ def synthetic_split(n: int, seed: int) -> Split:
     return Split(images.clamp(0, 1), labels)
 
 
+@pytest.fixture(autouse=True)
+def own_signal_handlers() -> Iterator[None]:
+    """The test session's SIGINT / SIGTERM handlers, back after each test: the CLI run in-process installs its own."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
 @pytest.fixture(scope="session")
 def tiny_data() -> FashionData:
     """300 train, 100 validation and 100 test synthetic images."""

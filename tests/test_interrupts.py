@@ -7,14 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.process import StopSignals, Terminated
+from fashion_hpo.process import StopSignals, Terminated, handle_interrupts
 from tests.conftest import REPO, subprocess_env, temporary_tracking
 
 STUDY = "interrupted"
@@ -28,6 +29,19 @@ def start_study(work: Path, data_dir: Path, *extra: str) -> subprocess.Popen[str
     return subprocess.Popen(
         command, cwd=work, env=subprocess_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def wait_for(
+    work: Path, process: subprocess.Popen[str], condition: Callable[[list[FrozenTrial]], bool], timeout: float = 60
+) -> None:
+    """Block until the study's trials meet `condition`, polling often (a trial here takes about a second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if condition(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials):
+            return
+        time.sleep(0.02)
+    pytest.fail("the study never got there")
 
 
 def wait_for_finished_trial(work: Path, process: subprocess.Popen[str], timeout: float = 240) -> None:
@@ -76,7 +90,7 @@ def test_the_second_stop_signal_waits_for_the_clean_up_and_the_third_does_not(
     assert not isinstance(first.value, Terminated)
     handler(signal.SIGTERM, None)  # held back: returns
     assert capfd.readouterr().err == (
-        "\nfashion-hpo study: SIGTERM while stopping: closing the runs first (SIGTERM again stops it)\n"
+        "\nfashion-hpo study: SIGTERM while stopping: finishing the clean-up first (SIGTERM again cuts it short)\n"
     )
     with pytest.raises(Terminated):
         handler(signal.SIGTERM, None)
@@ -85,6 +99,14 @@ def test_the_second_stop_signal_waits_for_the_clean_up_and_the_third_does_not(
 def test_sigterm_first_raises_terminated() -> None:
     with pytest.raises(Terminated):
         StopSignals("fashion-hpo study")(signal.SIGTERM, None)
+
+
+def test_each_command_run_in_one_process_counts_its_own_signals() -> None:
+    handle_interrupts("fashion-hpo study")
+    handle_interrupts("fashion-hpo register")
+    handlers = [signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)]
+    assert all(isinstance(h, StopSignals) and h.prog == "fashion-hpo register" for h in handlers)
+    assert handlers[0] is handlers[1], "one count for both signals"
 
 
 @pytest.mark.e2e
@@ -120,12 +142,15 @@ def assert_rerun_continues(work: Path, data_dir: Path) -> None:
 def test_second_ctrl_c_during_cleanup_still_leaves_nothing_running(tmp_path: Path, real_data_dir: Path) -> None:
     process = start_study(tmp_path, real_data_dir)
     wait_for_finished_trial(tmp_path, process)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    wait_for(
+        tmp_path, process, lambda trials: any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+    )
+    process.send_signal(signal.SIGINT)  # inside a trial's training
+    wait_for(tmp_path, process, lambda trials: any(t.state == TrialState.FAIL for t in trials))  # the clean-up began
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert "SIGINT while stopping: closing the runs first" in err, "the second Ctrl-C came during the clean-up"
+    assert "SIGINT while stopping: finishing the clean-up first" in err, "the second Ctrl-C came during the clean-up"
     assert "interrupted (SIGINT)" in err and "Traceback" not in err
     assert_closed_cleanly(tmp_path)
 
@@ -165,6 +190,7 @@ def test_ctrl_c_under_mlflow_run_ends_the_project_run_interrupted(tmp_path: Path
     _, err = process.communicate(timeout=120)
     assert process.returncode != 0
     # `mlflow run` passes the interrupt on as SIGTERM while the study is still closing its runs: held back.
+    assert "fashion-hpo study: SIGTERM while stopping: finishing the clean-up first" in err
     assert "fashion-hpo study: interrupted (SIGINT)" in err and "Traceback" not in err
     # The study ends the project run KILLED; `mlflow run` (3.17) then overwrites it with FAILED, because its
     # _maybe_set_run_terminated compares the string status with integer enums. Either way: not FINISHED,

@@ -1,10 +1,15 @@
-"""`--workers N` without training: worker failures reach the command's exit code and its run's status."""
+"""`--workers N` without training: worker failures reach the command's exit code and its run's status; signals reach the
+workers."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import cast
 
 import mlflow
 import pytest
@@ -20,6 +25,33 @@ from fashion_hpo.settings import RunSettings, available_cores
 def exiting_workers(*codes: int) -> list[subprocess.Popen]:
     """Processes that exit at once with these codes, standing in for worker processes."""
     return [subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"]) for code in codes]
+
+
+class Listening:
+    """A stand-in for a running worker process that records the signals sent to it."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def poll(self) -> None:
+        """Still running."""
+
+    def send_signal(self, signum: int) -> None:
+        """Record `signum`."""
+        self.received.append(signum)
+
+
+def test_signals_after_the_first_interrupt_go_on_to_the_workers_until_they_stop() -> None:
+    listening = Listening()
+    before = signal.getsignal(signal.SIGTERM)
+    with workers.passing_signals_on(cast(list[subprocess.Popen], [listening])):
+        os.kill(os.getpid(), signal.SIGTERM)  # a handler runs between bytecodes of the main thread: a few, here
+        for _ in range(100):
+            if listening.received:
+                break
+            time.sleep(0.01)
+    assert listening.received == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is before, "this process's own handler is back"
 
 
 def test_a_failed_worker_fails_the_command_and_its_run(

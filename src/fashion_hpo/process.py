@@ -3,6 +3,7 @@ allocator, torch's thread count."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -17,7 +18,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # How SQLAlchemy names a unique-constraint violation (SQLite, MySQL drivers; psycopg) in the text of MLflow's error.
 CONFLICT_MARKERS = ("IntegrityError", "UniqueViolation")
 RACE_ATTEMPTS = 3  # one lost race per other process writing the same row at the same moment is plenty
-HELD_BACK_SIGNAL = 2  # which stop signal waits for the clean-up (see StopSignals)
+HELD_BACK = 2  # the count of the stop signal that waits for the clean-up (see StopSignals)
 
 
 class Terminated(KeyboardInterrupt):
@@ -37,10 +38,11 @@ class StopSignals:
     def __call__(self, signum: int, frame: object) -> None:
         """Raise Terminated for SIGTERM, KeyboardInterrupt for SIGINT; or, the second time, say why not."""
         self.received += 1
-        if self.received == HELD_BACK_SIGNAL:
+        if self.received == HELD_BACK:
             name = signal.Signals(signum).name
-            note = f"\n{self.prog}: {name} while stopping: closing the runs first ({name} again stops it)\n"
-            os.write(2, note.encode())  # not print: the handler may run inside a write to stderr, which cannot re-enter
+            note = f"\n{self.prog}: {name} while stopping: finishing the clean-up first ({name} again cuts it short)\n"
+            with contextlib.suppress(OSError):  # stderr gone (a pipe whose reader the same Ctrl-C stopped)
+                os.write(2, note.encode())  # not print: the handler may run inside a write to stderr
             return
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
@@ -108,7 +110,8 @@ def handle_interrupts(prog: str) -> None:
     if threading.current_thread() is threading.main_thread():
         handler = StopSignals(prog)
         signal.signal(signal.SIGTERM, handler)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores Ctrl-C
+        current = signal.getsignal(signal.SIGINT)
+        if current is signal.default_int_handler or isinstance(current, StopSignals):  # not where Ctrl-C is ignored
             signal.signal(signal.SIGINT, handler)
     logging.getLogger("optuna.study._optimize").addFilter(DropInterruptTraceback())  # the logger of failed trials
 

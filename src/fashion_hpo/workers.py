@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import mlflow
@@ -57,21 +59,38 @@ def start_workers(settings: RunSettings, parent_run_id: str) -> list[subprocess.
 
 
 def wait_for(workers: list[subprocess.Popen]) -> list[int]:
-    """Wait for every worker; an interrupt is passed on to each (as the same signal) before it is raised here."""
+    """Wait for every worker; an interrupt is passed on to each (as the same signal), and so is every SIGINT /
+    SIGTERM after it until they have all stopped, before it is raised here."""
     try:
         return [worker.wait() for worker in workers]
     except KeyboardInterrupt as interrupt:
-        forwarded = signal_name(interrupt)
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(forwarded)
-        for worker in workers:
-            try:
-                worker.wait()
-            except KeyboardInterrupt:  # one that would not wait (see StopSignals): pass it on too
-                worker.send_signal(forwarded)
+        with passing_signals_on(workers):
+            pass_on(workers, signal_name(interrupt))
+            for worker in workers:
                 worker.wait()
         raise
+
+
+def pass_on(workers: list[subprocess.Popen], signum: int) -> None:
+    """Send `signum` to the workers still running."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signum)
+
+
+@contextmanager
+def passing_signals_on(workers: list[subprocess.Popen]) -> Iterator[None]:
+    """Within: each SIGINT / SIGTERM this process gets goes to the workers, as a terminal's would (each holds back
+    its second and stops at its third: see StopSignals); this process's own handlers come back after."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    passed = {signum: handler for signum, handler in previous.items() if handler not in (signal.SIG_IGN, None)}
+    for signum in passed:
+        signal.signal(signum, lambda received, frame: pass_on(workers, received))
+    try:
+        yield
+    finally:
+        for signum, handler in passed.items():
+            signal.signal(signum, handler)
 
 
 def exit_reason(index: int, code: int) -> str:
