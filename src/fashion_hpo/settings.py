@@ -133,6 +133,11 @@ class RunSettings:
         return params
 
 
+def flag_of(setting: str) -> str:
+    """The command-line flag of a RunSettings field (`max_train_samples` -> `--max-train-samples`)."""
+    return f"--{setting.replace('_', '-')}"
+
+
 def redact_url(url: str) -> str:
     """The URL with its password (if any) replaced by `***`."""
     parts = urlsplit(url)

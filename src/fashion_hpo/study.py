@@ -17,7 +17,16 @@ from optuna.trial import FrozenTrial, TrialState
 from fashion_hpo.constants import BASELINE, LATENCY_MS, N_PARAMS, OBJECTIVE_DIRECTIONS
 from fashion_hpo.search_space import BASELINE_PARAMS
 from fashion_hpo.seeding import trial_seed
-from fashion_hpo.settings import NO_LIMITS, PRUNERS, SAMPLERS, CostLimits, RunSettings, UsageError, redact_url
+from fashion_hpo.settings import (
+    NO_LIMITS,
+    PRUNERS,
+    SAMPLERS,
+    CostLimits,
+    RunSettings,
+    UsageError,
+    flag_of,
+    redact_url,
+)
 from fashion_hpo.storage import BudgetedStorage, StaleTrialCallback, StudyFull, budget_used, engine_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -169,7 +178,7 @@ def check_same_trial_setup(study: optuna.Study, settings: RunSettings) -> None:
     unrecorded = [name for name in TRIAL_SETUP if name not in recorded]
     if unrecorded and any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
         # Made by an earlier version: how its trials trained is known nowhere, so nothing is recorded in its name.
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in unrecorded)
+        flags = ", ".join(flag_of(name) for name in unrecorded)
         logging.getLogger(__name__).warning(
             f"study {settings.study_name!r} does not record its trials' {flags} (made by an earlier fashion-hpo), so "
             "this run's are not checked against them; earlier versions trained trials on all images by default"
@@ -178,9 +187,9 @@ def check_same_trial_setup(study: optuna.Study, settings: RunSettings) -> None:
         for name in unrecorded:
             study.set_user_attr(name, getattr(settings, name))
     for name in TRIAL_SETUP:
-        value, stored = getattr(settings, name), recorded.get(name, getattr(settings, name))
-        if stored != value:
-            flag = f"--{name.replace('_', '-')}"
+        value, stored = getattr(settings, name), recorded.get(name)
+        if name in recorded and stored != value:
+            flag = flag_of(name)
             raise UsageError(
                 flag,
                 f"study {settings.study_name!r} trains its trials with {flag} {stored}, not {value}; "
@@ -190,7 +199,8 @@ def check_same_trial_setup(study: optuna.Study, settings: RunSettings) -> None:
 
 def with_study_setup(settings: RunSettings, study: optuna.Study) -> RunSettings:
     """`settings` with the trial setup `study` recorded: `register` refits with the study's seed, whatever its flags."""
-    return replace(settings, **{name: study.user_attrs[name] for name in TRIAL_SETUP if name in study.user_attrs})
+    recorded = study.user_attrs  # one read of the storage
+    return replace(settings, **{name: recorded[name] for name in TRIAL_SETUP if name in recorded})
 
 
 def load_existing_study(settings: RunSettings) -> optuna.Study:
