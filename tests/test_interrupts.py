@@ -32,32 +32,29 @@ def start_study(work: Path, data_dir: Path, *extra: str) -> subprocess.Popen[str
 
 
 def wait_for(
-    work: Path, process: subprocess.Popen[str], condition: Callable[[list[FrozenTrial]], bool], timeout: float = 60
+    work: Path,
+    process: subprocess.Popen[str],
+    condition: Callable[[list[FrozenTrial]], bool],
+    timeout: float = 60,
+    every: float = 0.02,  # often: a trial here takes about a second
 ) -> None:
-    """Block until the study's trials meet `condition`, polling often (a trial here takes about a second)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        if condition(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials):
-            return
-        time.sleep(0.02)
-    pytest.fail("the study never got there")
-
-
-def wait_for_finished_trial(work: Path, process: subprocess.Popen[str], timeout: float = 240) -> None:
-    """Block until the study has one finished trial (and so another one running)."""
+    """Block until the study exists and its trials meet `condition`, polling `every` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         try:
-            study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}")
-            if any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
-                time.sleep(1.5)  # well inside the next trial
+            if condition(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'optuna.db'}").trials):
                 return
-        except KeyError:
+        except KeyError:  # the study is not created yet
             pass
-        time.sleep(0.5)
-    pytest.fail("no trial finished in time")
+        time.sleep(every)
+    pytest.fail("the study never got there")
+
+
+def wait_for_finished_trial(work: Path, process: subprocess.Popen[str]) -> None:
+    """Block until the study has one finished trial (and so another one running)."""
+    wait_for(work, process, lambda trials: any(t.state.is_finished() for t in trials), timeout=240, every=0.5)
+    time.sleep(1.5)  # well inside the next trial
 
 
 def assert_closed_cleanly(work: Path, parent_status: tuple[str, ...] = ("KILLED",)) -> None:
