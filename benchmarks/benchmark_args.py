@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_hpo.data import Split
-from fashion_hpo.models import TrialConfig
-from fashion_hpo.settings import DEVICES, resolve_device
-from fashion_hpo.training import make_optimizer, train_epoch
+from fashion_hpo.core.settings import DEVICES
+from fashion_hpo.core.validation import resolve_device
+from fashion_hpo.data.splits import Split
+from fashion_hpo.model.architectures import TrialConfig
+from fashion_hpo.training.loop import make_optimizer, train_epoch
 
 EPOCH_SAMPLES = 50_000  # a trial's training split
 

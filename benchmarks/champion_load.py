@@ -70,9 +70,9 @@ def register_baseline(folder: Path) -> str:
     import numpy as np
     import torch
 
-    from fashion_hpo.models import build_model
-    from fashion_hpo.registry import ModelCard, log_model, promote, register
-    from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params
+    from fashion_hpo.model.architectures import build_model
+    from fashion_hpo.registry.versions import ModelCard, log_model, promote, register
+    from fashion_hpo.search.space import BASELINE_PARAMS, config_from_params
 
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
     architecture = config_from_params(BASELINE_PARAMS["cnn"], "cnn").model
@@ -87,7 +87,7 @@ def register_baseline(folder: Path) -> str:
 
 def saved_before(now: Path, folder: Path) -> str:
     """A copy of the saved model without the architecture and state dict: how versions were saved before."""
-    from fashion_hpo.serving import ARCHITECTURE_FILE, STATE_DICT_FILE
+    from fashion_hpo.model.serving import ARCHITECTURE_FILE, STATE_DICT_FILE
 
     before = folder / "before"
     shutil.copytree(now, before)

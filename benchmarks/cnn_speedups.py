@@ -16,10 +16,10 @@ import torch
 from benchmark_args import device_label, parse_args, timed
 from torch import nn
 
-from fashion_hpo.data import Split, load_data
-from fashion_hpo.models import CNNConfig, TrialConfig, build_model
-from fashion_hpo.process import keep_freed_memory
-from fashion_hpo.training import evaluate, make_optimizer, train_epoch
+from fashion_hpo.core.process import keep_freed_memory
+from fashion_hpo.data.splits import Split, load_data
+from fashion_hpo.model.architectures import CNNConfig, TrialConfig, build_model
+from fashion_hpo.training.loop import evaluate, make_optimizer, train_epoch
 
 CONFIG = TrialConfig(CNNConfig((32, 64), 3, True, 0.25, 128), "Adam", 1e-3, 128, 0.0, 0.0)
 TRIAL_EPOCHS, TRIAL_SAMPLES = 10, 50_000
@@ -68,7 +68,7 @@ def priced(row: dict[str, float], samples: int) -> dict[str, float]:
 
 def eval_seconds(val: Split, batch_sizes: tuple[int, ...]) -> dict[str, float]:
     """Seconds of one validation pass of a trained-shape model per evaluation batch size."""
-    import fashion_hpo.training as training
+    import fashion_hpo.training.loop as training
 
     model = build_model(CONFIG.model).to(val.images.device)
     default, result = training.EVAL_BATCH_SIZE, {}

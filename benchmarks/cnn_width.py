@@ -16,10 +16,10 @@ import json
 import torch
 from benchmark_args import device_label, epoch_seconds, parse_args
 
-from fashion_hpo.costs import count_params, flops_per_image
-from fashion_hpo.data import Split, load_data
-from fashion_hpo.models import CNNConfig, build_model
-from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params
+from fashion_hpo.data.splits import Split, load_data
+from fashion_hpo.model.architectures import CNNConfig, build_model
+from fashion_hpo.search.space import BASELINE_PARAMS, config_from_params
+from fashion_hpo.training.costs import count_params, flops_per_image
 
 WIDTHS = {"32-64 (baseline)": (32, 64), "64-128": (64, 128), "32-64-128": (32, 64, 128), "128-128": (128, 128)}
 TRIAL_EPOCHS, STUDY_S = 10, 1800

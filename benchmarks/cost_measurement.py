@@ -15,10 +15,10 @@ from functools import partial
 import torch
 from benchmark_args import device_label, epoch_seconds, parse_args, timed
 
-from fashion_hpo.costs import measure_costs
-from fashion_hpo.data import load_data
-from fashion_hpo.models import build_model
-from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params
+from fashion_hpo.data.splits import load_data
+from fashion_hpo.model.architectures import build_model
+from fashion_hpo.search.space import BASELINE_PARAMS, config_from_params
+from fashion_hpo.training.costs import measure_costs
 
 TRIAL_EPOCHS = 10
 

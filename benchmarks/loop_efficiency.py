@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from benchmark_args import device_label, parse_args, timed
 from torch.utils.flop_counter import FlopCounterMode
 
-from fashion_hpo.data import Split, load_data
-from fashion_hpo.models import CNNConfig, MLPConfig, TrialConfig, build_model
-from fashion_hpo.training import make_optimizer, train_epoch
+from fashion_hpo.data.splits import Split, load_data
+from fashion_hpo.model.architectures import CNNConfig, MLPConfig, TrialConfig, build_model
+from fashion_hpo.training.loop import make_optimizer, train_epoch
 
 CONFIGS = {
     "mlp 512-256": TrialConfig(MLPConfig((512, 256), (0.2, 0.2)), "Adam", 1e-3, 128, 0.0, 0.0),

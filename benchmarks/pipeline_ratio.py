@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from fashion_hpo.data import FashionData, ensure_raw_files, load_data
-from fashion_hpo.models import TrialConfig, build_model
-from fashion_hpo.search_space import suggest_config
-from fashion_hpo.training import evaluate, fit, make_optimizer
+from fashion_hpo.data.files import ensure_raw_files
+from fashion_hpo.data.splits import FashionData, load_data
+from fashion_hpo.model.architectures import TrialConfig, build_model
+from fashion_hpo.search.space import suggest_config
+from fashion_hpo.training.loop import evaluate, fit, make_optimizer
 
 CONFIGS = [  # the same trials both ways: small, medium and large MLPs from the default search space
     {"n_layers": 1, "n_units_l0": 128, "dropout_l0": 0.2, "optimizer": "Adam", "lr": 1e-3, "batch_size": 128},

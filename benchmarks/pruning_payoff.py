@@ -14,10 +14,12 @@ import time
 import optuna
 from benchmark_args import parse_args
 
-from fashion_hpo.data import FashionData, load_data
-from fashion_hpo.objective import make_objective
-from fashion_hpo.settings import RunSettings
-from fashion_hpo.study import open_study, run_search, trial_counts
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.data.splits import FashionData, load_data
+from fashion_hpo.search.loop import run_search
+from fashion_hpo.search.objective import make_objective
+from fashion_hpo.search.study import open_study
+from fashion_hpo.search.trials import trial_counts
 
 PRUNERS = ("median", "hyperband", "none")
 

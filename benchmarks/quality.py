@@ -33,8 +33,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from report import quality_json_name
 
-from fashion_hpo.constants import BASELINE
-from fashion_hpo.settings import RunSettings
+from fashion_hpo.core.constants import BASELINE
+from fashion_hpo.core.settings import RunSettings
 
 HERE = Path(__file__).resolve().parent
 QUALITY = {"mlp": 0.90, "cnn": 0.925}  # the validation accuracy that time to quality waits for

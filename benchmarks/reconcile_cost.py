@@ -19,11 +19,11 @@ import mlflow
 import optuna
 from benchmark_args import parse_args
 
-from fashion_hpo.reconcile import reconcile_runs
-from fashion_hpo.runs import parent_run
-from fashion_hpo.settings import RunSettings
-from fashion_hpo.study import open_study
-from fashion_hpo.tracking import tracked_objective
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.search.study import open_study
+from fashion_hpo.tracking.reconcile import reconcile_runs
+from fashion_hpo.tracking.runs import parent_run
+from fashion_hpo.tracking.trials import tracked_objective
 
 CALLS = 20
 UNLINKED = 5

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from benchmark_args import device_label, parse_args
 from torch import nn
 
-from fashion_hpo.data import FashionData, Split, batches, load_data
-from fashion_hpo.models import build_model
-from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params
-from fashion_hpo.training import evaluate, make_optimizer
+from fashion_hpo.data.splits import FashionData, Split, batches, load_data
+from fashion_hpo.model.architectures import build_model
+from fashion_hpo.search.space import BASELINE_PARAMS, config_from_params
+from fashion_hpo.training.loop import evaluate, make_optimizer
 
 VARIANTS = {"plain": None, "flip": 0, "flip + shift 2 px": 2}  # name: largest shift in pixels (None: no flips)
 

@@ -15,10 +15,10 @@ import json
 import torch
 from benchmark_args import device_label, parse_args
 
-from fashion_hpo.data import FashionData, load_data
-from fashion_hpo.models import build_model
-from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params
-from fashion_hpo.training import fit
+from fashion_hpo.data.splits import FashionData, load_data
+from fashion_hpo.model.architectures import build_model
+from fashion_hpo.search.space import BASELINE_PARAMS, config_from_params
+from fashion_hpo.training.loop import fit
 
 
 def val_curve(data: FashionData, kind: str, epochs: int, samples: int) -> list[float]:

@@ -23,7 +23,8 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 
-from fashion_hpo.data import CACHE_NAME, raw_dir
+from fashion_hpo.data.cache import CACHE_NAME
+from fashion_hpo.data.raw import raw_dir
 
 HERE = Path(__file__).resolve().parent
 

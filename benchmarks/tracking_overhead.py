@@ -20,13 +20,14 @@ import optuna
 import torch
 from benchmark_args import device_label, parse_args, timed
 
-from fashion_hpo.costs import ModelCosts
-from fashion_hpo.data import FashionData, load_data
-from fashion_hpo.objective import make_objective
-from fashion_hpo.runs import parent_run
-from fashion_hpo.settings import RunSettings
-from fashion_hpo.tracking import log_costs, log_epoch, tracked_objective
-from fashion_hpo.training import EpochResult, Evaluation
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.data.splits import FashionData, load_data
+from fashion_hpo.search.objective import make_objective
+from fashion_hpo.tracking.metrics import log_costs, log_epoch
+from fashion_hpo.tracking.runs import parent_run
+from fashion_hpo.tracking.trials import tracked_objective
+from fashion_hpo.training.costs import ModelCosts
+from fashion_hpo.training.loop import EpochResult, Evaluation
 
 
 def trial_seconds(data: FashionData, settings: RunSettings, tracked: bool, device: torch.device) -> float:

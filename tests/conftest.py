@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy
 import torch
 
-from fashion_hpo.data import FashionData, Split
-from fashion_hpo.storage import engine_url
+from fashion_hpo.data.splits import FashionData, Split
+from fashion_hpo.storage.rdb import engine_url
 
 REPO = Path(__file__).resolve().parents[1]
 # Set by `mlflow run` or a user's shell: a process that inherited them would log into that run or experiment.
@@ -130,7 +130,7 @@ def project_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
 @pytest.fixture(scope="session")
 def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder holding the real FashionMNIST raw files (from Debian's package)."""
-    from fashion_hpo.data import ensure_raw_files
+    from fashion_hpo.data.files import ensure_raw_files
 
     folder = tmp_path_factory.mktemp("fashion-data")
     ensure_raw_files(folder, download=False)
@@ -139,7 +139,7 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_cli(args: list[str]) -> int:
     """The exit code of `fashion-hpo` run in this process."""
-    from fashion_hpo.cli import main
+    from fashion_hpo.cli.main import main
 
     try:
         return main(args)

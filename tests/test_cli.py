@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_hpo.cli import build_parser
-from fashion_hpo.flags import settings_from_args
-from fashion_hpo.settings import RunSettings, redact_url
-from tests.conftest import REPO, run_cli
+from fashion_hpo.cli.parser import build_parser, settings_from_args
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.core.urls import redact_url
+from tests.conftest import run_cli
 
 BAD_FLAGS = [
     (["--n-trials", "0"], "--n-trials"),
@@ -117,20 +117,3 @@ def test_console_exit_code_and_single_line_from_a_real_process(tmp_path: Path) -
         "fashion-hpo study: error: argument --epochs: must be at least 1, got -2"
     ]
     assert list(tmp_path.iterdir()) == []
-
-
-def test_mlproject_names_every_flag_with_the_same_defaults() -> None:
-    import yaml
-
-    project = yaml.safe_load((REPO / "MLproject").read_text())
-    main_entry = project["entry_points"]["main"]
-    defaults = RunSettings()
-    for name, spec in main_entry["parameters"].items():
-        assert f"--{name.replace('_', '-')} {{{name}}}" in main_entry["command"]
-        expected = "" if name in ("study_name", "storage") else str(getattr(defaults, name))  # '' = the CLI's default
-        expected = "auto" if name == "max_train_samples" else expected  # the model's default, as the CLI's
-        assert str(spec["default"]) == expected, name
-    # Not parameters: `mlflow run` names and nests its own run, registers unless -e, and logs rather than draws;
-    # starting without the baseline trial is a CLI switch.
-    internal = {"register", "run_name", "parent_run_id", "progress_bar", "baseline_trial"}
-    assert set(main_entry["parameters"]) == set(RunSettings.__dataclass_fields__) - internal

@@ -14,18 +14,24 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from fashion_hpo import pipeline
-from fashion_hpo.constants import LATENCY_MS, N_PARAMS, STUDY_TAG
-from fashion_hpo.costs import count_params, cpu_latency_ms, flops_per_image
-from fashion_hpo.data import FashionData
-from fashion_hpo.models import CNNConfig, MLPConfig, build_model
-from fashion_hpo.objective import OVER_MAX_PARAMS, make_objective
-from fashion_hpo.pipeline import register_best, search_here, summarize
-from fashion_hpo.registry import ModelCard, log_model, promote, register
-from fashion_hpo.runs import parent_run
-from fashion_hpo.settings import CostLimits, RunSettings, UsageError
-from fashion_hpo.study import best_trial, open_study, pareto_front
-from fashion_hpo.tracking import PARETO_TAG, RUN_ID_ATTRIBUTE_KEY, tag_pareto_front
+from fashion_hpo.core.constants import LATENCY_MS, N_PARAMS, STUDY_TAG
+from fashion_hpo.core.errors import UsageError
+from fashion_hpo.core.limits import CostLimits
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.data.splits import FashionData
+from fashion_hpo.model.architectures import CNNConfig, MLPConfig, build_model
+from fashion_hpo.pipeline import study as pipeline
+from fashion_hpo.pipeline.register import register_best
+from fashion_hpo.pipeline.study import search_here
+from fashion_hpo.pipeline.summary import summarize
+from fashion_hpo.registry.versions import ModelCard, log_model, promote, register
+from fashion_hpo.search.objective import OVER_MAX_PARAMS, make_objective
+from fashion_hpo.search.study import open_study
+from fashion_hpo.search.trials import best_trial, pareto_front
+from fashion_hpo.tracking.callback import RUN_ID_ATTRIBUTE_KEY
+from fashion_hpo.tracking.runs import parent_run
+from fashion_hpo.tracking.trials import PARETO_TAG, tag_pareto_front
+from fashion_hpo.training.costs import count_params, cpu_latency_ms, flops_per_image
 from tests.conftest import MLP_PARAMS, REPO, run_cli, subprocess_env, temporary_tracking
 
 NAME = "fashion-mnist-classifier"

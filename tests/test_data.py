@@ -21,21 +21,11 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from fashion_hpo import data
-from fashion_hpo.data import (
-    DEBIAN_DATASET_DIR,
-    LOCK_NAME,
-    RAW_FILES,
-    STAMP_NAME,
-    DataError,
-    FashionData,
-    batches,
-    check_raw_files,
-    ensure_raw_files,
-    file_sha256,
-    load_data,
-    raw_dir,
-)
+from fashion_hpo.core.files import file_sha256
+from fashion_hpo.data import cache, files
+from fashion_hpo.data.files import check_raw_files, ensure_raw_files
+from fashion_hpo.data.raw import DEBIAN_DATASET_DIR, LOCK_NAME, RAW_FILES, STAMP_NAME, DataError, raw_dir, read_stamp
+from fashion_hpo.data.splits import FashionData, batches, load_data
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +160,7 @@ def test_stamp_spares_hashing_until_a_file_changes(
 ) -> None:
     folder = prepared(tmp_path / "data", archives)
     hashed: list[str] = []
-    monkeypatch.setattr(data, "file_sha256", lambda path: hashed.append(path.name) or file_sha256(path))
+    monkeypatch.setattr(files, "file_sha256", lambda path: hashed.append(path.name) or file_sha256(path))
     an_hour_ago = time.time_ns() - 3600 * 10**9
     for name in RAW_FILES:  # files older than the stamp, whatever the file system's clock granularity
         os.utime(folder / name, ns=(an_hour_ago, an_hour_ago))
@@ -194,7 +184,7 @@ def test_files_copied_in_without_a_stamp_are_recorded_then_guarded(archives: Pat
     for name in RAW_FILES:
         shutil.copyfile(folder / name, copied / name)
     check_raw_files(tmp_path / "copied")
-    recorded = data.read_stamp(copied).files
+    recorded = read_stamp(copied).files
     assert {name: stamp.sha256 for name, stamp in recorded.items()} == {
         name: file_sha256(folder / name) for name in RAW_FILES
     }, "the first check records their digests"
@@ -270,37 +260,37 @@ def test_decoded_splits_are_cached_and_later_starts_decode_nothing(
     archives: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prepared(tmp_path / "data", archives)
-    first = data.read_splits(tmp_path / "data")
-    assert (raw_dir(tmp_path / "data") / data.CACHE_NAME).is_file()
-    monkeypatch.setattr(data, "decode", lambda data_dir: pytest.fail("decoded again despite the cache"))
-    again = data.read_splits(tmp_path / "data")
+    first = cache.read_splits(tmp_path / "data")
+    assert (raw_dir(tmp_path / "data") / cache.CACHE_NAME).is_file()
+    monkeypatch.setattr(cache, "decode", lambda data_dir: pytest.fail("decoded again despite the cache"))
+    again = cache.read_splits(tmp_path / "data")
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert first["train_images"].shape == (40, 28, 28) and first["test_labels"].shape == (20,)
 
 
 def test_a_cache_made_from_other_raw_files_is_not_used(archives: Path, tmp_path: Path) -> None:
     prepared(tmp_path / "first", archives)
-    data.read_splits(tmp_path / "first")
+    cache.read_splits(tmp_path / "first")
     other = prepared(tmp_path / "second", write_idx_archives(tmp_path / "other-source", seed=1))
-    shutil.copyfile(raw_dir(tmp_path / "first") / data.CACHE_NAME, other / data.CACHE_NAME)
-    loaded = data.read_splits(tmp_path / "second")
-    assert torch.equal(loaded["train_images"], data.decode(tmp_path / "second")["train_images"])
-    assert data.read_cache(other / data.CACHE_NAME, data.raw_digests(other) or {}) is not None, "replaced"
+    shutil.copyfile(raw_dir(tmp_path / "first") / cache.CACHE_NAME, other / cache.CACHE_NAME)
+    loaded = cache.read_splits(tmp_path / "second")
+    assert torch.equal(loaded["train_images"], cache.decode(tmp_path / "second")["train_images"])
+    assert cache.read_cache(other / cache.CACHE_NAME, cache.raw_digests(other) or {}) is not None, "replaced"
 
 
 def test_a_damaged_cache_is_decoded_again_and_replaced(archives: Path, tmp_path: Path) -> None:
     folder = prepared(tmp_path / "data", archives)
-    data.read_splits(tmp_path / "data")
-    (folder / data.CACHE_NAME).write_bytes(b"half a file")
-    loaded = data.read_splits(tmp_path / "data")
-    assert torch.equal(loaded["test_labels"], data.decode(tmp_path / "data")["test_labels"])
-    assert data.read_cache(folder / data.CACHE_NAME, data.raw_digests(folder) or {}) is not None
+    cache.read_splits(tmp_path / "data")
+    (folder / cache.CACHE_NAME).write_bytes(b"half a file")
+    loaded = cache.read_splits(tmp_path / "data")
+    assert torch.equal(loaded["test_labels"], cache.decode(tmp_path / "data")["test_labels"])
+    assert cache.read_cache(folder / cache.CACHE_NAME, cache.raw_digests(folder) or {}) is not None
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch
 def test_a_start_with_the_cache_does_not_import_torchvision(data_dir: Path, real_data: FashionData) -> None:
     script = (
-        "import sys; from pathlib import Path; from fashion_hpo.data import load_test_split; "
+        "import sys; from pathlib import Path; from fashion_hpo.data.fashion import load_test_split; "
         f"test = load_test_split(Path({str(data_dir)!r})); print(len(test), 'torchvision' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -310,14 +300,14 @@ def test_a_start_with_the_cache_does_not_import_torchvision(data_dir: Path, real
 
 def test_a_cache_of_another_format_or_shape_is_decoded_again(archives: Path, tmp_path: Path) -> None:
     folder = prepared(tmp_path / "data", archives)
-    tensors = data.read_splits(tmp_path / "data")
-    digests = data.raw_digests(folder) or {}
+    tensors = cache.read_splits(tmp_path / "data")
+    digests = cache.raw_digests(folder) or {}
     for damaged in (
         {**tensors, "train_images": tensors["train_images"].float()},
         {"train_images": tensors["train_images"]},
     ):
-        data.write_cache(folder / data.CACHE_NAME, digests, damaged)
-        assert data.read_cache(folder / data.CACHE_NAME, digests) is None
-    torch.save({"format": data.CACHE_FORMAT + 1, "digests": digests, "tensors": tensors}, folder / data.CACHE_NAME)
-    assert data.read_cache(folder / data.CACHE_NAME, digests) is None
-    assert torch.equal(data.read_splits(tmp_path / "data")["test_images"], tensors["test_images"])
+        cache.write_cache(folder / cache.CACHE_NAME, digests, damaged)
+        assert cache.read_cache(folder / cache.CACHE_NAME, digests) is None
+    torch.save({"format": cache.CACHE_FORMAT + 1, "digests": digests, "tensors": tensors}, folder / cache.CACHE_NAME)
+    assert cache.read_cache(folder / cache.CACHE_NAME, digests) is None
+    assert torch.equal(cache.read_splits(tmp_path / "data")["test_images"], tensors["test_images"])

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from fashion_hpo import pipeline
-from fashion_hpo.artifacts import log_plots
-from fashion_hpo.data import FashionData
-from fashion_hpo.objective import make_objective
-from fashion_hpo.settings import RunSettings, UsageError
-from fashion_hpo.study import load_existing_study, open_study, run_search, with_study_setup
+from fashion_hpo.core.errors import UsageError
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.data.splits import FashionData
+from fashion_hpo.pipeline import study as pipeline
+from fashion_hpo.search.loop import run_search
+from fashion_hpo.search.objective import make_objective
+from fashion_hpo.search.study import load_existing_study, open_study, with_study_setup
+from fashion_hpo.tracking.artifacts import log_plots
 from tests.conftest import MLP_PARAMS, free_port, run_cli
 
 
@@ -99,10 +101,10 @@ def test_an_earlier_versions_study_with_trials_is_not_checked_and_says_so(
     legacy = optuna.create_study(study_name="setup", storage=settings.storage, direction="maximize")
     legacy.set_user_attr("model", "mlp")  # what earlier versions recorded
     legacy.optimize(lambda trial: 0.5, n_trials=1)
-    with caplog.at_level(logging.WARNING, logger="fashion_hpo.study"):
+    with caplog.at_level(logging.WARNING, logger="fashion_hpo.search.study"):
         open_study(settings)
         open_study(replace(settings, epochs=3, max_train_samples=1000))
-    notes = [record.getMessage() for record in caplog.records if record.name == "fashion_hpo.study"]
+    notes = [record.getMessage() for record in caplog.records if record.name == "fashion_hpo.search.study"]
     assert len(notes) == 2 and "does not record its trials' --epochs, --max-train-samples, --seed" in notes[0]
     assert optuna.load_study(study_name="setup", storage=settings.storage).user_attrs.keys() == {"model", "objectives"}
     with pytest.raises(UsageError, match="--model"):

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.process import StopSignals, Terminated, handle_interrupts
+from fashion_hpo.core.process import StopSignals, Terminated, handle_interrupts
 from tests.conftest import REPO, subprocess_env, temporary_tracking
 
 STUDY = "interrupted"

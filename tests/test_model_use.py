@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
-from fashion_hpo.cli import main
+from fashion_hpo.cli.main import main
 from tests.conftest import REPO, free_port, temporary_tracking, wait_until_answering
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -103,7 +103,7 @@ def test_predict_classifies_files_and_reports_bad_ones(
     assert main(args) == 1, "one file failed"
     out, err = capsys.readouterr()
     lines = [line.split("\t") for line in out.strip().splitlines()]
-    from fashion_hpo.constants import CLASS_NAMES
+    from fashion_hpo.model.architectures import CLASS_NAMES
 
     assert [(Path(f).name, c) for f, c, _ in lines] == [
         ("dataset.png", CLASS_NAMES[labels[first]]),

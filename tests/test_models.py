@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fashion_hpo.models import CNNConfig, MLPConfig, build_model
+from fashion_hpo.model.architectures import CNNConfig, MLPConfig, build_model
 
 
 @pytest.mark.parametrize(

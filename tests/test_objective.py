@@ -9,10 +9,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from fashion_hpo import objective as objective_module
-from fashion_hpo.data import FashionData, Split
-from fashion_hpo.objective import NON_FINITE_LOSS, make_objective
-from fashion_hpo.training import EpochResult
+from fashion_hpo.data.splits import FashionData, Split
+from fashion_hpo.search import objective as objective_module
+from fashion_hpo.search.objective import NON_FINITE_LOSS, make_objective
+from fashion_hpo.training.loop import EpochResult
 from tests.conftest import MLP_PARAMS
 
 CPU = torch.device("cpu")

@@ -25,23 +25,18 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.constants import STUDY_TAG, VAL_ACCURACY
-from fashion_hpo.data import FashionData
-from fashion_hpo.objective import make_objective
-from fashion_hpo.reconcile import RECONCILED, RECOVERED, reconcile_runs
-from fashion_hpo.runs import parent_run
-from fashion_hpo.settings import RunSettings
-from fashion_hpo.storage import engine_url
-from fashion_hpo.study import open_study, run_search
-from fashion_hpo.tracking import (
-    RUN_STATUS,
-    TRIAL_NUMBER_TAG,
-    log_epoch,
-    run_context_tags,
-    tracked_objective,
-    trial_run_id,
-    trial_run_name,
-)
+from fashion_hpo.core.constants import STUDY_TAG, VAL_ACCURACY
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.data.splits import FashionData
+from fashion_hpo.search.loop import run_search
+from fashion_hpo.search.objective import make_objective
+from fashion_hpo.search.study import open_study
+from fashion_hpo.storage.rdb import engine_url
+from fashion_hpo.tracking.callback import RUN_STATUS, TRIAL_NUMBER_TAG, trial_run_id, trial_run_name
+from fashion_hpo.tracking.metrics import log_epoch
+from fashion_hpo.tracking.reconcile import RECONCILED, RECOVERED, reconcile_runs
+from fashion_hpo.tracking.runs import parent_run
+from fashion_hpo.tracking.trials import run_context_tags, tracked_objective
 from tests.conftest import subprocess_env, temporary_tracking
 from tests.test_scale_out import STUDY, finish, running_trial_of, start, study_command
 from tests.test_tracking import EPOCHS, PruneTrialOne
@@ -279,8 +274,8 @@ def test_run_context_tags_tag_runs_created_meanwhile_and_then_stop(tracking_stor
 STOP_AT = "FASHION_HPO_TEST_STOP_AT"
 BOOTSTRAP = """
 import os, runpy, signal
-from fashion_hpo.storage import BudgetedStorage
-from fashion_hpo.tracking import TrialTracker
+from fashion_hpo.storage.rdb import BudgetedStorage
+from fashion_hpo.tracking.trials import TrialTracker
 
 def stop():
     os.kill(os.getpid(), signal.SIGSTOP)

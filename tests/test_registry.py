@@ -16,15 +16,22 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from fashion_hpo import serving
-from fashion_hpo.artifacts import log_test_results, refit_inputs
-from fashion_hpo.constants import CLASS_NAMES
-from fashion_hpo.data import FashionData
-from fashion_hpo.models import CNNConfig, MLPConfig, ModelConfig, build_model
-from fashion_hpo.predict import requirement_mismatches
-from fashion_hpo.registry import ModelCard, find_version, flavor_kwargs, log_model, promote, register
-from fashion_hpo.settings import RunSettings
-from fashion_hpo.training import Evaluation
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.data.splits import FashionData
+from fashion_hpo.model import serving
+from fashion_hpo.model.architectures import CLASS_NAMES, CNNConfig, MLPConfig, ModelConfig, build_model
+from fashion_hpo.registry.predict import requirement_mismatches
+from fashion_hpo.registry.versions import (
+    ModelCard,
+    find_version,
+    flavor_kwargs,
+    log_model,
+    promote,
+    register,
+    shipped_code,
+)
+from fashion_hpo.tracking.artifacts import log_test_results, refit_inputs
+from fashion_hpo.training.loop import Evaluation
 
 NAME = "fashion-mnist-classifier"
 
@@ -99,7 +106,9 @@ def save_tiny(path: Path, architecture: ModelConfig = TINY_CNN) -> str:
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
     example = np.random.rand(2, 1, 28, 28).astype(np.float32)
-    serving.save_model(str(path), Model(), **flavor_kwargs(model, architecture, example))
+    code = path.parent / f"{path.name}-code"
+    code.mkdir()
+    serving.save_model(str(path), Model(), **flavor_kwargs(model, architecture, example, shipped_code(code)))
     return str(path)
 
 
@@ -121,14 +130,6 @@ def test_pyfunc_rebuilds_the_module_from_weights_that_match_the_exported_program
     exported = mlflow.pytorch.load_model(saved_model)
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt(images), exported(images))
-
-
-def test_pyfunc_of_a_model_saved_before_the_state_dict_loads_its_exported_program(tmp_path: Path) -> None:
-    path = save_tiny(tmp_path / "model")
-    for name in (serving.ARCHITECTURE_FILE, serving.STATE_DICT_FILE):
-        (tmp_path / "model" / "data" / name).unlink()
-    frame = mlflow.pyfunc.load_model(path).predict(np.random.rand(3, 1, 28, 28).astype(np.float32))
-    assert len(frame) == 3 and list(frame.columns) == ["class_index", "class_name", "probabilities"]
 
 
 def test_pyfunc_returns_index_name_and_probabilities(saved_model: str) -> None:
@@ -162,7 +163,7 @@ def test_pyfunc_rejects_bad_batches_with_a_clear_message(saved_model: str, image
 
 
 def test_other_image_layouts_are_reshaped_by_the_serving_module() -> None:
-    from fashion_hpo.serving import as_batch
+    from fashion_hpo.model.serving import as_batch
 
     flat, square = np.random.rand(4, 784), np.random.rand(4, 28, 28)
     assert as_batch(flat).shape == as_batch(square).shape == (4, 1, 28, 28)

@@ -19,19 +19,11 @@ import sqlalchemy
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.constants import VAL_ACCURACY
-from fashion_hpo.data import (
-    CACHE_NAME,
-    LOCK_NAME,
-    RAW_FILES,
-    STAMP_NAME,
-    has_raw_files,
-    raw_digests,
-    raw_dir,
-    read_cache,
-)
-from fashion_hpo.reconcile import trial_number
-from fashion_hpo.storage import RECONNECTING, BudgetedStorage, engine_url, reconnecting
+from fashion_hpo.core.constants import VAL_ACCURACY
+from fashion_hpo.data.cache import CACHE_NAME, raw_digests, read_cache
+from fashion_hpo.data.raw import LOCK_NAME, RAW_FILES, STAMP_NAME, has_raw_files, raw_dir
+from fashion_hpo.storage.rdb import RECONNECTING, BudgetedStorage, engine_url, reconnecting
+from fashion_hpo.tracking.reconcile import trial_number
 from tests.conftest import TrackingServer, subprocess_env, tracking_server
 from tests.test_scale_out import COUNTED, STUDY, finish, start, study_command
 

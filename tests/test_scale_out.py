@@ -16,8 +16,8 @@ import sqlalchemy
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from fashion_hpo.settings import available_cores
-from fashion_hpo.storage import engine_url
+from fashion_hpo.core.validation import available_cores
+from fashion_hpo.storage.rdb import engine_url
 from tests.conftest import subprocess_env, temporary_tracking, tracking_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -8,8 +8,8 @@ import warnings
 import optuna
 import pytest
 
-from fashion_hpo.models import CNNConfig, MLPConfig, TrialConfig
-from fashion_hpo.search_space import BASELINE_PARAMS, config_from_params, suggest_config
+from fashion_hpo.model.architectures import CNNConfig, MLPConfig, TrialConfig
+from fashion_hpo.search.space import BASELINE_PARAMS, config_from_params, suggest_config
 from tests.conftest import MLP_PARAMS
 
 CNN_PARAMS = {

@@ -3,6 +3,7 @@ README's recipe on a real `mlflow server --app-name basic-auth` (one server for 
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import subprocess
@@ -23,11 +24,11 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fashion_hpo.cli import build_parser
-from fashion_hpo.flags import settings_from_args, study_argv
-from fashion_hpo.integrity import FILES_TAG, WEIGHTS_FOLDER, WEIGHTS_TAG, IntegrityError, check, digests
-from fashion_hpo.settings import DEFAULT_STORAGE, STORAGE_ENV
-from fashion_hpo.storage import engine_url
+from fashion_hpo.cli.parser import build_parser, settings_from_args
+from fashion_hpo.core.settings import DEFAULT_STORAGE, STORAGE_ENV, RunSettings
+from fashion_hpo.pipeline import workers
+from fashion_hpo.registry.integrity import FILES_TAG, WEIGHTS_FOLDER, WEIGHTS_TAG, IntegrityError, check, digests
+from fashion_hpo.storage.rdb import engine_url
 from tests.conftest import REPO, TrackingServer, run_cli, subprocess_env
 
 STUDY = "secure-study"
@@ -77,15 +78,25 @@ def test_a_bad_storage_url_in_the_environment_names_the_variable(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_workers_inherit_the_storage_url_instead_of_getting_it_on_their_command_line(
+def test_workers_get_the_storage_url_on_their_standard_input_not_their_command_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(STORAGE_ENV, PG_URL)
-    argv = study_argv(settings_from_args(build_parser().parse_args(["study", "--workers", "2"])))
-    assert argv[argv.index("--storage") + 1] == "" and "s3cret-in-env" not in " ".join(argv)
-    assert storage_of(["study", *argv]) == PG_URL, "a worker resolves the inherited variable"
-    given = study_argv(settings_from_args(build_parser().parse_args(["study", "--storage", "sqlite:///o.db"])))
-    assert given[given.index("--storage") + 1] == "sqlite:///o.db", "a URL given as a flag is passed on"
+    settings = settings_from_args(build_parser().parse_args(["study", "--workers", "2"]))
+    started: list[tuple[list[str], bytes]] = []
+
+    class RecordingPopen:
+        def __init__(self, argv: list[str], **kwargs: object) -> None:
+            self.stdin = io.BytesIO()
+            self.stdin.close = lambda: started.append((argv, self.stdin.getvalue()))  # type: ignore[method-assign]
+
+    monkeypatch.setattr(workers.subprocess, "Popen", RecordingPopen)
+    monkeypatch.setattr(workers, "worker_env", lambda parent_run_id, threads: {})
+    workers.start_workers(settings, "parent")
+    assert len(started) == 2
+    for argv, stdin in started:
+        assert "s3cret-in-env" not in " ".join(argv), "no password on a worker's command line"
+        assert RunSettings.from_json(stdin.decode()).storage == PG_URL, "the worker gets the storage exactly"
 
 
 # --- Digests of a saved model -----------------------------------------------------------------------------------

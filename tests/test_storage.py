@@ -9,13 +9,15 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from fashion_hpo.cli import build_parser
-from fashion_hpo.constants import BASELINE, INTERRUPTED
-from fashion_hpo.flags import settings_from_args, study_argv
-from fashion_hpo.search_space import BASELINE_PARAMS, suggest_config
-from fashion_hpo.settings import RunSettings, UsageError, check_scale_out
-from fashion_hpo.storage import StudyFull, budget_used, engine_url
-from fashion_hpo.study import budget_left, make_pruner, make_sampler, open_study, run_search
+from fashion_hpo.core.constants import BASELINE, INTERRUPTED
+from fashion_hpo.core.errors import UsageError
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.core.validation import check_scale_out
+from fashion_hpo.search.loop import budget_left, run_search
+from fashion_hpo.search.samplers import make_pruner, make_sampler
+from fashion_hpo.search.space import BASELINE_PARAMS, suggest_config
+from fashion_hpo.search.study import open_study
+from fashion_hpo.storage.rdb import StudyFull, budget_used, engine_url
 
 
 def uniform(trial: optuna.Trial) -> float:
@@ -105,7 +107,7 @@ def test_interrupted_and_retried_failures_do_not_use_the_budget() -> None:
     assert budget_used(trials) == 5
 
 
-def test_worker_command_lines_reproduce_the_settings() -> None:
+def test_workers_receive_the_settings_exactly() -> None:
     original = RunSettings(
         n_trials=9,
         model="cnn",
@@ -117,8 +119,7 @@ def test_worker_command_lines_reproduce_the_settings() -> None:
         progress_bar=False,
         baseline_trial=False,
     )
-    parsed = settings_from_args(build_parser().parse_args(["study", *study_argv(original)]))
-    assert parsed == original
+    assert RunSettings.from_json(original.to_json()) == original
 
 
 @pytest.mark.parametrize(

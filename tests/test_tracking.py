@@ -19,18 +19,23 @@ from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlExperiment, Sql
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from fashion_hpo import tracking
-from fashion_hpo.artifacts import Registered, description, log_inputs, log_plots, log_study_summary, search_inputs
-from fashion_hpo.constants import INTERRUPTED, VAL_ACCURACY
-from fashion_hpo.data import FashionData
-from fashion_hpo.objective import make_objective
-from fashion_hpo.pipeline import closing_link
-from fashion_hpo.process import connection_lost
-from fashion_hpo.runs import CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND_TAG, UiHint, parent_run, ui_hint
-from fashion_hpo.settings import RunSettings
-from fashion_hpo.study import best_trial, open_study, run_search, trial_counts
-from fashion_hpo.tracking import callback_tags, log_epoch, tracked_objective
-from fashion_hpo.training import EpochResult, Evaluation
+from fashion_hpo.core.constants import INTERRUPTED, VAL_ACCURACY
+from fashion_hpo.core.process import connection_lost
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.data.splits import FashionData
+from fashion_hpo.pipeline.guards import closing_link
+from fashion_hpo.search.loop import run_search
+from fashion_hpo.search.objective import make_objective
+from fashion_hpo.search.study import open_study
+from fashion_hpo.search.trials import best_trial, trial_counts
+from fashion_hpo.tracking import metrics as tracking_metrics
+from fashion_hpo.tracking.artifacts import log_inputs, log_plots, log_study_summary, search_inputs
+from fashion_hpo.tracking.callback import callback_tags
+from fashion_hpo.tracking.description import Registered, description
+from fashion_hpo.tracking.metrics import log_epoch
+from fashion_hpo.tracking.runs import CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND_TAG, UiHint, parent_run, ui_hint
+from fashion_hpo.tracking.trials import tracked_objective
+from fashion_hpo.training.loop import EpochResult, Evaluation
 from tests.conftest import MLP_PARAMS, free_port, temporary_tracking
 
 EPOCHS = 2
@@ -213,14 +218,16 @@ def metric_requests(monkeypatch: pytest.MonkeyPatch, settings: RunSettings) -> l
 def test_a_short_trials_epoch_metrics_reach_its_run_in_one_request(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tracking, "FLUSH_SECONDS", float("inf"))  # however slowly this machine runs the five epochs
+    monkeypatch.setattr(
+        tracking_metrics, "FLUSH_SECONDS", float("inf")
+    )  # however slowly this machine runs the five epochs
     assert metric_requests(monkeypatch, RunSettings(study_name="batched")) == [5 * 4, 5 * 4]
 
 
 def test_epoch_metrics_are_sent_as_they_come_once_flush_seconds_pass(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(tracking_metrics, "FLUSH_SECONDS", 0.0)
     assert metric_requests(monkeypatch, RunSettings(study_name="live")) == [4] * 10
 
 

@@ -17,9 +17,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from fashion_hpo import workers
-from fashion_hpo.pipeline import run_study
-from fashion_hpo.settings import RunSettings, available_cores
+from fashion_hpo.core.settings import RunSettings
+from fashion_hpo.core.validation import available_cores
+from fashion_hpo.pipeline import workers
+from fashion_hpo.pipeline.study import run_study
 
 
 def exiting_workers(*codes: int) -> list[subprocess.Popen]:

@@ -1,5 +1,5 @@
 """`python -m fashion_hpo` runs the command-line interface."""
 
-from fashion_hpo.cli import main
+from fashion_hpo.cli.main import main
 
 raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Command line: `fashion-hpo study | register | predict | verify`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from fashion_hpo.cli.parser import build_parser, parse_args, settings_from_args
+from fashion_hpo.core.errors import UsageError
+from fashion_hpo.core.process import handle_interrupts, keep_freed_memory, signal_name, use_threads
+from fashion_hpo.core.settings import STUDY, RunSettings
+from fashion_hpo.core.use_settings import PredictSettings, VerifySettings
+from fashion_hpo.core.validation import threads_per_worker, validate
+
+
+def run_search_command(command: str, settings: RunSettings) -> int:
+    """`fashion-hpo study` or `register`."""
+    device = validate(settings)
+    keep_freed_memory()
+    use_threads(threads_per_worker(settings))
+    # Imported here so that `--help` and bad flags answer without loading torch, MLflow and Optuna.
+    from fashion_hpo.data.raw import DataError
+    from fashion_hpo.pipeline.register import run_register
+    from fashion_hpo.pipeline.study import run_study
+
+    try:
+        return run_study(settings, device) if command == STUDY else run_register(settings, device)
+    except DataError as err:
+        raise UsageError("--data-dir", str(err)) from err
+
+
+def run_predict_command(settings: PredictSettings) -> int:
+    """`fashion-hpo predict`: files, or --test-samples."""
+    from fashion_hpo.data.raw import DataError
+    from fashion_hpo.registry.predict import ModelLoadError, run_predict, run_test_samples
+
+    if not settings.images and not settings.test_samples:
+        raise UsageError("IMAGE", "give image files to classify, or --test-samples N")
+    try:
+        if settings.test_samples:
+            return run_test_samples(settings.model_uri, settings.data_dir, settings.test_samples)
+        return run_predict(settings.model_uri, settings.images, settings.invert, settings.json)
+    except ModelLoadError as err:
+        raise UsageError("--model-uri", str(err)) from err
+    except DataError as err:
+        raise UsageError("--data-dir", str(err)) from err
+
+
+def run_verify_command(settings: VerifySettings) -> int:
+    """`fashion-hpo verify`: a serving user's check before `mlflow models serve`."""
+    from fashion_hpo.registry.predict import ModelLoadError, run_verify
+
+    keep = settings.keep
+    if keep is not None and (keep.exists() or not keep.parent.is_dir()):
+        raise UsageError("--keep", f"{keep} must be a new folder in an existing one")
+    try:
+        return run_verify(settings.model_uri, keep)
+    except ModelLoadError as err:
+        raise UsageError("MODEL", str(err)) from err
+
+
+def guarded(prog: str, run: Callable[[], int]) -> int:
+    """Run a command with the stop signals handled: a user's mistake or an interrupt ends in one line."""
+    handle_interrupts(prog)
+    try:
+        return run()
+    except UsageError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        signum = signal_name(interrupt)
+        # A fresh line: the interrupt may have cut a progress bar or a log line short.
+        sys.stderr.write(f"\n{prog}: interrupted ({signum.name}); rerun the same command to continue\n")
+        sys.stderr.flush()
+        return 128 + signum
+
+
+def run_parsed(command: str, args: argparse.Namespace) -> int:
+    """Run a parsed command line with the settings it names."""
+    settings = settings_from_args(args)
+    if isinstance(settings, RunSettings):
+        return run_search_command(command, settings)
+    if isinstance(settings, PredictSettings):
+        return run_predict_command(settings)
+    return run_verify_command(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fashion-hpo` console script."""
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    return guarded(f"{parser.prog} {args.command}", lambda: run_parsed(args.command, args))

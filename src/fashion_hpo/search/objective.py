@@ -1,0 +1,96 @@
+"""The Optuna objective: sample a config, check its size, train it, report validation accuracy each epoch, prune,
+then measure what the trained model costs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+import optuna
+
+from fashion_hpo.core.constants import LATENCY_MS, N_PARAMS, OPTIMIZED_METRIC
+from fashion_hpo.core.limits import NO_LIMITS, CostLimits
+from fashion_hpo.core.seeding import trial_seed
+from fashion_hpo.data.splits import FashionData
+from fashion_hpo.model.architectures import TrialConfig, build_model
+from fashion_hpo.search.space import suggest_config
+from fashion_hpo.training.costs import ModelCosts, count_params, measure_costs
+from fashion_hpo.training.loop import EpochResult, NonFiniteLossError, build_and_fit
+
+EpochReporter = Callable[[optuna.Trial, EpochResult], None]
+CostReporter = Callable[[optuna.Trial, ModelCosts], None]
+Objective = Callable[[optuna.Trial], float | Sequence[float]]
+NON_FINITE_LOSS = "non_finite_loss"
+OVER_MAX_PARAMS = "over_max_params"
+
+
+def make_objective(
+    data: FashionData,
+    kind: str,
+    epochs: int,
+    seed: int,
+    max_train_samples: int = 0,
+    report: EpochReporter | None = None,
+    *,
+    limits: CostLimits = NO_LIMITS,
+    objectives: Sequence[str] = (OPTIMIZED_METRIC,),
+    report_costs: CostReporter | None = None,
+) -> Objective:
+    """An objective that trains on (a subset of) the train split, on the data's device, and returns the last
+    validation accuracy, followed by the trained model's other `objectives` costs in a multi-objective study.
+
+    Trials are pruned (with Optuna's pruner) only in a single-objective study: Optuna does not prune the others."""
+    train = data.train.head(max_train_samples)
+    prune = len(objectives) == 1
+
+    def objective(trial: optuna.Trial) -> float | Sequence[float]:
+        trial.set_user_attr("model", kind)
+        config = suggest_config(trial, kind)
+        reject_if_too_large(trial, config, limits)
+
+        def on_epoch(result: EpochResult) -> None:
+            if report is not None:
+                report(trial, result)
+            if prune:
+                trial.report(result.val.accuracy, result.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
+
+        try:
+            fitted = build_and_fit(config, train, data.val, epochs, trial_seed(seed, trial.number), on_epoch)
+        except NonFiniteLossError as err:
+            # Pruned rather than failed, so the sampler still learns that this region diverges.
+            trial.set_user_attr("fail_reason", NON_FINITE_LOSS)
+            raise optuna.TrialPruned(str(err)) from err
+        costs = record_costs(trial, measure_costs(fitted.model), limits, report_costs)
+        values = {OPTIMIZED_METRIC: fitted.history[-1].val.accuracy, **costs.as_metrics()}
+        return values[OPTIMIZED_METRIC] if prune else [values[name] for name in objectives]
+
+    return objective
+
+
+def reject_if_too_large(trial: optuna.Trial, config: TrialConfig, limits: CostLimits) -> None:
+    """Record the configuration's parameter count; over `--max-params`, prune it before it trains an epoch."""
+    n_params = count_params(build_model(config.model))
+    trial.set_user_attr(N_PARAMS, n_params)
+    excess = limits.excess(N_PARAMS, n_params)
+    if excess is None:
+        return
+    trial.set_constraint(N_PARAMS, excess)  # the sampler learns the feasible region from it
+    if excess > 0:
+        trial.set_user_attr("fail_reason", OVER_MAX_PARAMS)
+        raise optuna.TrialPruned(f"{n_params} parameters > --max-params {limits.max_params}")
+
+
+def record_costs(
+    trial: optuna.Trial, costs: ModelCosts, limits: CostLimits, report_costs: CostReporter | None
+) -> ModelCosts:
+    """Keep the trained model's costs on the trial (and its run), with the latency constraint when one is set."""
+    for name, value in asdict(costs).items():
+        trial.set_user_attr(name, value)
+    excess = limits.excess(LATENCY_MS, costs.latency_ms)
+    if excess is not None:
+        trial.set_constraint(LATENCY_MS, excess)
+    if report_costs is not None:
+        report_costs(trial, costs)
+    return costs

@@ -1,0 +1,245 @@
+"""Optuna's database storage shared by workers: heartbeats, a study-wide trial budget, and a cross-process lock."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import ParamSpec, TypeVar
+
+import filelock
+import optuna
+import sqlalchemy
+import tenacity
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from fashion_hpo.core.constants import INTERRUPTED
+from fashion_hpo.core.process import raised_from
+from fashion_hpo.core.urls import sqlite_file
+
+StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+# Trials that hold a place in the budget: finished ones, ones a worker is running, and queued retries.
+BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# How often a trial whose worker died is run again before it stays failed.
+MAX_RETRIES = 2
+
+
+class StudyFull(Exception):
+    """The study already has `--n-trials` trials, finished or in progress; `running` of them are still running."""
+
+    def __init__(self, running: int) -> None:
+        super().__init__(f"the study has its trials ({running} still running)")
+        self.running = running
+
+
+def engine_url(url: str) -> str:
+    """The storage URL with its SQLAlchemy driver: plain `postgresql://` means psycopg 3, the driver of our extra."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def budget_used(trials: list[FrozenTrial]) -> int:
+    """How many of the study's trials count toward `--n-trials`.
+
+    All but the failures that are not the trial's own: a trial stopped by an interrupt is rerun by the next
+    invocation, and one whose worker died is retried (the retry, queued as WAITING, counts instead)."""
+    retried = {number for t in trials for number in retry_history(t)}
+    return sum(
+        t.state in BUDGET_STATES
+        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED) and t.number not in retried)
+        for t in trials
+    )
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the failed trials that `trial` retries (oldest first); empty for a trial of its own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def retried_trial_number(trial: FrozenTrial) -> int | None:
+    """The number of the first failed trial that `trial` retries; None for a trial of its own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue the parameters of a trial whose worker died again, as a WAITING trial (at most MAX_RETRIES times)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# How often a storage operation cut off by a database restart runs again, and the pause before each new attempt
+# (0.5 s doubling, at most 5 s): about a minute in all, where PostgreSQL's fast restart takes seconds.
+RECONNECT_ATTEMPTS = 15
+RECONNECT_MAX_PAUSE_S = 5.0
+
+
+def database_connection_lost(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, is the database dropping or refusing a connection (as in a
+    restart): SQLAlchemy's OperationalError, or a disconnect it detected; Optuna wraps them in StorageInternalError."""
+    return raised_from(
+        err,
+        lambda cause: (
+            isinstance(cause, sqlalchemy.exc.OperationalError)
+            or (isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated)
+        ),
+    )
+
+
+def log_reconnect(attempt: tenacity.RetryCallState) -> None:
+    """One warning per retry of a storage operation the database cut off."""
+    logging.getLogger(__name__).warning(
+        "Lost the storage's database connection in %s (attempt %d of %d); retrying in %.1f s",
+        getattr(attempt.fn, "__name__", "a storage call"),
+        attempt.attempt_number,
+        RECONNECT_ATTEMPTS,
+        attempt.upcoming_sleep,
+    )
+
+
+def reconnecting(operation: Callable[P, R]) -> Callable[P, R]:
+    """`operation` run again, up to RECONNECT_ATTEMPTS times, while the database drops or refuses connections.
+
+    Each storage operation is one transaction, and a transaction that a restart cut off was rolled back by the
+    server: running it again neither loses nor doubles a write. The engine's pool_pre_ping replaces the pooled
+    connections that the restart killed."""
+    retry = tenacity.retry(
+        retry=tenacity.retry_if_exception(database_connection_lost),
+        stop=tenacity.stop_after_attempt(RECONNECT_ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=RECONNECT_MAX_PAUSE_S),
+        before_sleep=log_reconnect,
+        reraise=True,
+    )
+    return functools.wraps(operation)(retry(operation))
+
+
+class BudgetedStorage(optuna.storages.RDBStorage):
+    """An RDB storage that refuses to create a trial beyond the study-wide `max_trials`.
+
+    Counting and creating happen under a lock held across processes and machines, so concurrent workers never
+    overshoot (Optuna's MaxTrialsCallback checks only after a trial ends, so workers finishing together overshoot).
+    """
+
+    def __init__(
+        self, url: str, max_trials: int, heartbeat_interval: int, grace_period: int, on_stale: StaleTrialCallback | None
+    ) -> None:
+        # Workers started together on a new database would all create Optuna's tables at once, and PostgreSQL
+        # refuses the second CREATE TABLE of a name (a duplicate key in pg_type): one at a time creates them.
+        with warnings.catch_warnings(), named_lock(lock_engine(url), "fashion-hpo-create-tables"):
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            super().__init__(
+                engine_url(url),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+                # A pooled connection that a database restart killed is replaced when next checked out.
+                engine_kwargs={"pool_pre_ping": True},
+            )
+        self.max_trials = max_trials
+
+    # Optuna's cache in front of an RDBStorage calls this private method, not `create_new_trial`.
+    @reconnecting
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Create a trial if the budget allows; a template (an enqueued retry) replaces a trial and always may."""
+        if template_trial is not None:
+            return super()._create_new_trial(study_id, template_trial)
+        with trial_lock(self.engine, study_id):
+            trials = self.get_all_trials(study_id, deepcopy=False)
+            if budget_used(trials) >= self.max_trials:
+                raise StudyFull(sum(t.state == TrialState.RUNNING for t in trials))
+            return super()._create_new_trial(study_id)
+
+
+# The storage operations that a worker runs while its trials run, as Optuna's cache in front of the storage and
+# Optuna's heartbeat thread call them (private names included; tests/test_restarts.py fails when Optuna's cache
+# calls another): each is retried through a database restart. Opening a study is not, so that a wrong or
+# unreachable --storage fails at once.
+RECONNECTING = (
+    "_get_trials",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "record_heartbeat",
+    "get_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "set_trial_intermediate_value",
+    "set_trial_state_values",
+    "set_trial_system_attr",
+    "set_trial_user_attr",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "set_study_user_attr",
+)
+for _name in RECONNECTING:
+    setattr(BudgetedStorage, _name, reconnecting(getattr(optuna.storages.RDBStorage, _name)))
+
+
+def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> AbstractContextManager[None]:
+    """A lock per study that every worker on this database shares, held while a trial is counted and created."""
+    return named_lock(engine, f"fashion-hpo-trials-{study_id}")
+
+
+def study_lock(url: str, study_name: str, purpose: str) -> AbstractContextManager[None]:
+    """A lock named after a study and a purpose that every worker on the storage at `url` shares."""
+    return named_lock(lock_engine(url), f"fashion-hpo-{purpose}-{study_name}")
+
+
+@functools.cache
+def lock_engine(url: str) -> sqlalchemy.engine.Engine:
+    """An engine for named locks only: no pool, so no connection outlives the lock it held."""
+    return sqlalchemy.create_engine(engine_url(url), poolclass=sqlalchemy.pool.NullPool)
+
+
+@contextmanager
+def named_lock(engine: sqlalchemy.engine.Engine, name: str) -> Iterator[None]:
+    """A lock every process on this database shares: PostgreSQL's and MySQL's named locks, else a file (SQLite)."""
+    key = zlib.crc32(name.encode())
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                unlock_unless_disconnected(conn, sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    elif engine.dialect.name == "mysql":
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:key, -1)"), {"key": str(key)})
+            try:
+                yield
+            finally:
+                unlock_unless_disconnected(conn, sqlalchemy.text("SELECT RELEASE_LOCK(:key)"), {"key": str(key)})
+    else:
+        with sqlite_file_lock(engine.url.render_as_string(hide_password=False)):
+            yield
+
+
+def unlock_unless_disconnected(
+    conn: sqlalchemy.engine.Connection, unlock: sqlalchemy.TextClause, params: dict[str, object]
+) -> None:
+    """Release a named lock; on a connection the database dropped there is nothing to release (the server frees a
+    session's locks when it ends), and failing here would make `reconnecting` redo what the lock guarded."""
+    try:
+        conn.execute(unlock, params)
+    except sqlalchemy.exc.DBAPIError as err:
+        if not database_connection_lost(err):
+            raise
+
+
+def sqlite_file_lock(url: str) -> AbstractContextManager[object]:
+    """An exclusive lock on a file beside a SQLite database (processes sharing SQLite share a machine anyway);
+    no lock for other databases and for in-memory SQLite, which one process uses alone."""
+    database = sqlite_file(url)
+    return filelock.FileLock(f"{database}.lock") if database else nullcontext()
