@@ -33,7 +33,7 @@ def run_pruner(data: FashionData, pruner: str, size: tuple[int, int, int]) -> di
             study_name="pruning", storage=f"sqlite:///{folder}/optuna.db",
         )  # fmt: skip
         study = open_study(settings)
-        objective = make_objective(data, "mlp", epochs, settings.seed, samples)
+        objective = make_objective(data, settings)
         start = time.monotonic()
         run_search(study, objective, settings, show_progress_bar=False)
         wall = time.monotonic() - start

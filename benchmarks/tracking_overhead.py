@@ -37,7 +37,7 @@ def trial_seconds(data: FashionData, settings: RunSettings, tracked: bool, devic
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed), pruner=optuna.pruners.NopPruner()
     )
     report = log_epoch if tracked else None
-    objective = make_objective(data, "mlp", settings.epochs, settings.seed, settings.max_train_samples, report)
+    objective = make_objective(data, settings, report)
     if not tracked:
         return timed(partial(study.optimize, objective, n_trials=settings.n_trials), device)
     with parent_run(settings):

@@ -60,7 +60,7 @@ def single_trial_study(params: dict[str, object]) -> optuna.Study:
 def test_a_configuration_over_max_params_is_pruned_before_it_trains(tiny_data: FashionData) -> None:
     epochs: list[int] = []
     objective = make_objective(
-        tiny_data, "mlp", 3, 0, report=lambda t, r: epochs.append(r.epoch), limits=CostLimits(max_params=10_000)
+        tiny_data, RunSettings(epochs=3, seed=0, max_params=10_000), report=lambda t, r: epochs.append(r.epoch)
     )
     study = single_trial_study(MLP_PARAMS)  # 512-64 units: about 440,000 parameters
     study.optimize(objective, n_trials=1)
@@ -71,14 +71,14 @@ def test_a_configuration_over_max_params_is_pruned_before_it_trains(tiny_data: F
 
 
 def test_a_trained_trial_records_its_costs_and_latency_constraint(tiny_data: FashionData) -> None:
-    limits = CostLimits(max_params=10_000, max_latency_ms=1e-9)  # no model is that fast
+    settings = RunSettings(epochs=1, seed=0, max_params=10_000, max_latency_ms=1e-9)  # no model is that fast
     study = single_trial_study(SMALL_MLP)
-    study.optimize(make_objective(tiny_data, "mlp", 1, 0, limits=limits), n_trials=1)
+    study.optimize(make_objective(tiny_data, settings), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE and trial.user_attrs[N_PARAMS] == 6_370
     assert trial.user_attrs[LATENCY_MS] > 0 and trial.user_attrs["flops"] > 0
     assert trial.constraints[N_PARAMS] <= 0 < trial.constraints[LATENCY_MS]
-    assert best_trial(study, limits) is None, "an infeasible trial is never the one to refit"
+    assert best_trial(study, settings.limits) is None, "an infeasible trial is never the one to refit"
     assert best_trial(study) is trial or best_trial(study).number == trial.number
 
 

@@ -94,23 +94,6 @@ def test_an_empty_study_made_before_its_setup_was_recorded_keeps_the_one_it_is_c
         open_study(replace(first, epochs=10))
 
 
-def test_an_earlier_versions_study_with_trials_is_not_checked_and_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db")
-    legacy = optuna.create_study(study_name="setup", storage=settings.storage, direction="maximize")
-    legacy.set_user_attr("model", "mlp")  # what earlier versions recorded
-    legacy.optimize(lambda trial: 0.5, n_trials=1)
-    with caplog.at_level(logging.WARNING, logger="fashion_hpo.search.study"):
-        open_study(settings)
-        open_study(replace(settings, epochs=3, max_train_samples=1000))
-    notes = [record.getMessage() for record in caplog.records if record.name == "fashion_hpo.search.study"]
-    assert len(notes) == 2 and "does not record its trials' --epochs, --max-train-samples, --seed" in notes[0]
-    assert optuna.load_study(study_name="setup", storage=settings.storage).user_attrs.keys() == {"model", "objectives"}
-    with pytest.raises(UsageError, match="--model"):
-        open_study(replace(settings, model="cnn"))
-
-
 def test_register_takes_the_studys_recorded_setup(tmp_path: Path) -> None:
     made = RunSettings(study_name="setup", storage=f"sqlite:///{tmp_path}/o.db", model="cnn", epochs=3, seed=7)
     open_study(made)
@@ -207,7 +190,7 @@ def test_failing_plot_is_a_warning_not_a_lost_study(
 ) -> None:
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(MLP_PARAMS)
-    study.optimize(make_objective(tiny_data, "mlp", 1, 0), n_trials=1)
+    study.optimize(make_objective(tiny_data, RunSettings(epochs=1, seed=0)), n_trials=1)
 
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
@@ -226,7 +209,7 @@ def test_same_seed_gives_the_same_trials(tiny_data: FashionData, tmp_path: Path)
             n_trials=4, epochs=2, seed=11, study_name="repro", storage=f"sqlite:///{tmp_path}/{run}.db"
         )
         study = open_study(settings_)
-        objective = make_objective(tiny_data, "mlp", 2, settings_.seed)
+        objective = make_objective(tiny_data, settings_)
         run_search(study, objective, settings_, show_progress_bar=False)
         histories.append([(t.params, t.value) for t in study.trials])
     for (params_a, value_a), (params_b, value_b) in zip(*histories, strict=True):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from fashion_hpo.core.settings import RunSettings
 from fashion_hpo.data.splits import FashionData, Split
 from fashion_hpo.search import objective as objective_module
 from fashion_hpo.search.objective import NON_FINITE_LOSS, make_objective
@@ -37,7 +38,7 @@ def fixed_study(pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study
 
 def test_objective_learns_and_reports_every_epoch(tiny_data: FashionData) -> None:
     epochs: list[EpochResult] = []
-    objective = make_objective(tiny_data, "mlp", 3, seed=0, report=lambda t, r: epochs.append(r))
+    objective = make_objective(tiny_data, RunSettings(epochs=3, seed=0), report=lambda t, r: epochs.append(r))
     study = fixed_study()
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
@@ -49,7 +50,7 @@ def test_objective_learns_and_reports_every_epoch(tiny_data: FashionData) -> Non
 
 
 def test_pruner_stops_the_trial_after_the_reported_epoch(tiny_data: FashionData) -> None:
-    objective = make_objective(tiny_data, "mlp", 4, seed=0)
+    objective = make_objective(tiny_data, RunSettings(epochs=4, seed=0))
     study = fixed_study(PruneAtEpoch(2))
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
@@ -60,7 +61,7 @@ def test_pruner_stops_the_trial_after_the_reported_epoch(tiny_data: FashionData)
 def test_non_finite_loss_prunes_the_trial_with_its_reason(tiny_data: FashionData) -> None:
     poisoned = Split(torch.full_like(tiny_data.train.images, math.nan), tiny_data.train.labels)
     data = FashionData(poisoned, tiny_data.val, tiny_data.test)
-    objective = make_objective(data, "mlp", 3, seed=0)
+    objective = make_objective(data, RunSettings(epochs=3, seed=0))
     study = fixed_study()
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
@@ -78,7 +79,7 @@ def test_max_train_samples_limits_training_data(tiny_data: FashionData, monkeypa
         return real_fit(config, train, val, *args, **kwargs)
 
     monkeypatch.setattr(objective_module, "build_and_fit", recording_fit)
-    objective = make_objective(tiny_data, "mlp", 1, seed=0, max_train_samples=50)
+    objective = make_objective(tiny_data, RunSettings(epochs=1, seed=0, max_train_samples=50))
     fixed_study().optimize(objective, n_trials=1)
     assert sizes == [(50, 100)], "trials train on the subset; validation stays whole"
 
@@ -87,6 +88,6 @@ def test_same_seed_gives_the_same_validation_accuracy(tiny_data: FashionData) ->
     values = []
     for _ in range(2):
         study = fixed_study()
-        study.optimize(make_objective(tiny_data, "mlp", 2, seed=7), n_trials=1)
+        study.optimize(make_objective(tiny_data, RunSettings(epochs=2, seed=7)), n_trials=1)
         values.append(study.trials[0].value)
     assert values[0] == pytest.approx(values[1], abs=1e-6)

@@ -92,7 +92,7 @@ def run_trials(
     no callback closed (as when the worker died just before it); returns the study and parent run."""
     study = open_study(settings)
     study.pruner = PruneTrialOne()
-    objective = make_objective(data, "mlp", EPOCHS, 0, report=log_epoch if tracked else None)
+    objective = make_objective(data, RunSettings(epochs=EPOCHS, seed=0), report=log_epoch if tracked else None)
     with parent_run(settings) as run_id:
         if tracked:
             wrapped, tracker = tracked_objective(objective, settings)

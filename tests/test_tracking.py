@@ -74,7 +74,7 @@ def run_tracked_study(tiny_data: FashionData, tmp_path: Path) -> tuple[RunSettin
     study.pruner = PruneTrialOne()
     for _ in range(3):
         study.enqueue_trial(MLP_PARAMS)
-    objective = make_objective(tiny_data, "mlp", EPOCHS, 0, report=report_then_fail_trial_two)
+    objective = make_objective(tiny_data, RunSettings(epochs=EPOCHS, seed=0), report=report_then_fail_trial_two)
     with parent_run(settings) as run_id:
         inputs = search_inputs(tiny_data, settings)
         tracked, tracker = tracked_objective(objective, settings, functools.partial(log_inputs, inputs))
@@ -311,7 +311,7 @@ def test_a_trial_that_cannot_create_its_run_stops_the_study(
     # The timeout ends the test if the study went on: failing trials that are marked interrupted use no budget.
     settings = RunSettings(n_trials=3, epochs=1, timeout=60, storage=f"sqlite:///{tmp_path}/o.db", baseline_trial=False)
     study = open_study(settings)
-    objective = make_objective(tiny_data, "mlp", 1, 0, report=log_epoch)
+    objective = make_objective(tiny_data, RunSettings(epochs=1, seed=0), report=log_epoch)
     tracked, tracker = tracked_objective(objective, settings)
     with pytest.raises(MlflowException) as lost:
         run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=False)

@@ -51,17 +51,7 @@ def reclaim_stale_trial(study: optuna.Study, trial: FrozenTrial, settings: RunSe
 
 def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -> None:
     """Run this process's share of the trials, each in its own child run."""
-    objective = make_objective(
-        data,
-        settings.model,
-        settings.epochs,
-        settings.seed,
-        settings.max_train_samples,
-        log_epoch,
-        limits=settings.limits,
-        objectives=settings.objective_names,
-        report_costs=log_costs,
-    )
+    objective = make_objective(data, settings, log_epoch, log_costs)
     inputs = search_inputs(data, settings)
     log_inputs(inputs)  # on the invocation's run; each trial's run gets them too
     tracked, tracker = tracked_objective(objective, settings, functools.partial(log_inputs, inputs))

@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path, PurePosixPath
+from unittest import mock
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -56,14 +57,8 @@ def digests(folder: Path) -> dict[str, str]:
 def download(uri: str, destination: str) -> Path:
     """Download a model's files without MLflow's progress bar (these commands answer in lines; a user's own
     setting of the variable wins)."""
-    added = PROGRESS_BAR not in os.environ
-    if added:
-        os.environ[PROGRESS_BAR] = "false"
-    try:
+    with mock.patch.dict(os.environ, {PROGRESS_BAR: os.environ.get(PROGRESS_BAR, "false")}):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=destination))
-    finally:
-        if added:
-            os.environ.pop(PROGRESS_BAR, None)
 
 
 def logged_digests(model_uri: str) -> dict[str, str]:

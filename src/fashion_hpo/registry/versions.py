@@ -80,7 +80,7 @@ def format_cost(name: str, value: float) -> str:
 
 
 def version_costs(version: ModelVersion) -> dict[str, float]:
-    """The constrained costs a registered version records (none for versions registered before costs existed)."""
+    """The constrained costs a registered version records (none for a version another tool registered)."""
     return {name: float(version.tags[name]) for name in (N_PARAMS, LATENCY_MS) if name in version.tags}
 
 

@@ -9,8 +9,9 @@ from dataclasses import asdict
 import optuna
 
 from fashion_hpo.core.constants import LATENCY_MS, N_PARAMS, OPTIMIZED_METRIC
-from fashion_hpo.core.limits import NO_LIMITS, CostLimits
+from fashion_hpo.core.limits import CostLimits
 from fashion_hpo.core.seeding import trial_seed
+from fashion_hpo.core.settings import RunSettings
 from fashion_hpo.data.splits import FashionData
 from fashion_hpo.model.architectures import TrialConfig, build_model
 from fashion_hpo.search.space import suggest_config
@@ -26,21 +27,18 @@ OVER_MAX_PARAMS = "over_max_params"
 
 def make_objective(
     data: FashionData,
-    kind: str,
-    epochs: int,
-    seed: int,
-    max_train_samples: int = 0,
+    settings: RunSettings,
     report: EpochReporter | None = None,
-    *,
-    limits: CostLimits = NO_LIMITS,
-    objectives: Sequence[str] = (OPTIMIZED_METRIC,),
     report_costs: CostReporter | None = None,
 ) -> Objective:
-    """An objective that trains on (a subset of) the train split, on the data's device, and returns the last
-    validation accuracy, followed by the trained model's other `objectives` costs in a multi-objective study.
+    """An objective that trains the settings' model kind for its epochs on the first `max_train_samples` of the
+    train split, on the data's device, and returns the last validation accuracy, followed by the trained model's
+    other objectives' costs in a multi-objective study; `report` hears each epoch, `report_costs` the costs.
 
     Trials are pruned (with Optuna's pruner) only in a single-objective study: Optuna does not prune the others."""
-    train = data.train.head(max_train_samples)
+    kind, epochs, seed, limits = settings.model, settings.epochs, settings.seed, settings.limits
+    objectives = settings.objective_names
+    train = data.train.head(settings.max_train_samples)
     prune = len(objectives) == 1
 
     def objective(trial: optuna.Trial) -> float | Sequence[float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.core.seeding import trial_seed
 from fashion_hpo.core.settings import (
     PRUNERS,
@@ -25,8 +25,7 @@ def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.B
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     if name == "tpe":
         # constant_liar: a worker treats other workers' running trials as bad, so it does not sample next to them.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        with experimental_features():
             return optuna.samplers.TPESampler(n_startup_trials=startup_trials, seed=seed, constant_liar=True)
     raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -13,6 +11,7 @@ from optuna.trial import FrozenTrial
 
 from fashion_hpo.core.constants import BASELINE, OBJECTIVE_DIRECTIONS
 from fashion_hpo.core.errors import UsageError
+from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.core.settings import RunSettings, flag_of
 from fashion_hpo.core.urls import redact_url
 from fashion_hpo.search.samplers import TrialSeededSampler, make_pruner
@@ -62,8 +61,7 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
     except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
         raise storage_error(err, settings.storage) from None
     check_compatible(study, settings)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with experimental_features():
         # optuna-dashboard and Optuna's plots then name the objective instead of "Objective 0".
         study.set_metric_names(list(objectives))
     if settings.baseline_trial:
@@ -79,11 +77,10 @@ def enqueue_baseline(study: optuna.Study, kind: str) -> None:
 
 def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
     """A continued study must optimize the same objectives, in the same directions, over the same model kind."""
-    # Studies made before --objectives existed recorded their one objective as `metric`; a study made now has neither.
-    stored = study.user_attrs.get("objectives") or [study.user_attrs.get("metric", "an unknown metric")]
     names = list(settings.objective_names)
+    stored = study.user_attrs.get("objectives", names)  # a study made elsewhere records none: its directions decide
     directions = [d.name.lower() for d in study.directions]
-    if directions != [OBJECTIVE_DIRECTIONS[name] for name in names] or stored not in (names, ["an unknown metric"]):
+    if directions != [OBJECTIVE_DIRECTIONS[name] for name in names] or stored != names:
         have = ", ".join(f"{d} {name}" for d, name in zip(directions, stored, strict=False))
         want = ", ".join(f"{OBJECTIVE_DIRECTIONS[name]} {name}" for name in names)
         raise UsageError(
@@ -97,16 +94,8 @@ def check_compatible(study: optuna.Study, settings: RunSettings) -> None:
 def check_same_trial_setup(study: optuna.Study, settings: RunSettings) -> None:
     """A continued study must train its trials as before, so that their scores compare (see TRIAL_SETUP)."""
     recorded = study.user_attrs
-    unrecorded = [name for name in TRIAL_SETUP if name not in recorded]
-    if unrecorded and any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
-        # Made by an earlier version: how its trials trained is known nowhere, so nothing is recorded in its name.
-        flags = ", ".join(flag_of(name) for name in unrecorded)
-        logging.getLogger(__name__).warning(
-            f"study {settings.study_name!r} does not record its trials' {flags} (made by an earlier fashion-hpo), so "
-            "this run's are not checked against them; earlier versions trained trials on all images by default"
-        )
-    else:
-        for name in unrecorded:
+    for name in TRIAL_SETUP:
+        if name not in recorded:  # a new study: this run's setup becomes the study's
             study.set_user_attr(name, getattr(settings, name))
     for name in TRIAL_SETUP:
         value, stored = getattr(settings, name), recorded.get(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -19,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.core.constants import INTERRUPTED
 from fashion_hpo.core.process import raised_from
+from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.core.urls import sqlite_file
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -59,22 +59,19 @@ def budget_used(trials: list[FrozenTrial]) -> int:
 
 def retry_history(trial: FrozenTrial) -> list[int]:
     """The numbers of the failed trials that `trial` retries (oldest first); empty for a trial of its own."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with experimental_features():
         return RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 def retried_trial_number(trial: FrozenTrial) -> int | None:
     """The number of the first failed trial that `trial` retries; None for a trial of its own."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with experimental_features():
         return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue the parameters of a trial whose worker died again, as a WAITING trial (at most MAX_RETRIES times)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with experimental_features():
         RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
@@ -137,8 +134,7 @@ class BudgetedStorage(optuna.storages.RDBStorage):
     ) -> None:
         # Workers started together on a new database would all create Optuna's tables at once, and PostgreSQL
         # refuses the second CREATE TABLE of a name (a duplicate key in pg_type): one at a time creates them.
-        with warnings.catch_warnings(), named_lock(lock_engine(url), "fashion-hpo-create-tables"):
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        with experimental_features(), named_lock(lock_engine(url), "fashion-hpo-create-tables"):
             super().__init__(
                 engine_url(url),
                 heartbeat_interval=heartbeat_interval,

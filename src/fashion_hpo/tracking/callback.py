@@ -22,6 +22,7 @@ from fashion_hpo.core.constants import (
     INTERRUPTED,
     OPTIMIZED_METRIC,
 )
+from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.tracking.metrics import TRIAL_METRICS
 
 # PRIVATE CONTRACT with optuna-integration's MLflowCallback (5.0), and MLflow's tag length limit:
@@ -113,8 +114,7 @@ class TrialTracker(MLflowCallback):
 
     def track(self, objective: Objective) -> Objective:
         """Wrap the objective so each trial runs inside its own nested MLflow run."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        with experimental_features():
             return self.track_in_mlflow()(objective)
 
 

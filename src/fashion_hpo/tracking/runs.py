@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from unittest import mock
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
@@ -85,9 +86,9 @@ def check_tracking_store() -> None:
     """Fail fast, before any trial, when the MLflow tracking store cannot be reached."""
     uri = mlflow.get_tracking_uri()
     added = {name: value for name, value in PROBE_HTTP_SETTINGS.items() if name not in os.environ}
-    os.environ.update(added)
     try:
-        probe_store(uri)
+        with mock.patch.dict(os.environ, added):
+            probe_store(uri)
     except Exception as err:
         refused = credentials_refused(err, uri, "read its experiments")
         if refused is not None:
@@ -96,9 +97,6 @@ def check_tracking_store() -> None:
         raise UsageError(
             "MLFLOW_TRACKING_URI", f"cannot reach the tracking store {redact_url(uri)}: {reason}"
         ) from None
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
 
 
 def probe_store(uri: str) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from unittest import mock
 
 import mlflow
 import optuna
@@ -78,17 +79,18 @@ def tracked_objective(
         if retried is not None:  # a retry of a trial whose worker died: the UI links the two
             tags["retry_of_trial"] = str(retried)
         tracker.name_next_run(trial.number)
-        with run_context_tags(tags):
-            try:
+        try:
+            with run_context_tags(tags):
                 return tracked(trial)
-            except Exception as err:
-                if connection_lost(err):
-                    # Stopped from outside, as by an interrupt: not the trial's failure, so it does not use up
-                    # the budget, and the rerun runs a trial in its place.
-                    trial.set_user_attr(INTERRUPTED, True)
-                    give_up_on_tracking()
-                    tracker.lost = err
-                raise
+        except Exception as err:
+            if connection_lost(err):
+                # Stopped from outside, as by an interrupt: not the trial's failure, so it does not use up
+                # the budget, and the rerun runs a trial in its place. (Given up on again here: leaving the
+                # block restored the environment as it was before the trial.)
+                trial.set_user_attr(INTERRUPTED, True)
+                give_up_on_tracking()
+                tracker.lost = err
+            raise
 
     return run_tagged_trial, tracker
 
@@ -100,18 +102,10 @@ def give_up_on_tracking() -> None:
     os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
 
 
-@contextmanager
-def run_context_tags(tags: dict[str, str]) -> Iterator[None]:
+def run_context_tags(tags: dict[str, str]) -> AbstractContextManager[object]:
     """Tags that MLflow gives every run created meanwhile, through its MLFLOW_RUN_CONTEXT variable."""
-    before = MLFLOW_RUN_CONTEXT.get()
-    os.environ[MLFLOW_RUN_CONTEXT.name] = json.dumps({**json.loads(before or "{}"), **tags})
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(MLFLOW_RUN_CONTEXT.name, None)
-        else:
-            os.environ[MLFLOW_RUN_CONTEXT.name] = before
+    context = json.dumps({**json.loads(MLFLOW_RUN_CONTEXT.get() or "{}"), **tags})
+    return mock.patch.dict(os.environ, {MLFLOW_RUN_CONTEXT.name: context})
 
 
 def tag_pareto_front(front: list[FrozenTrial], study_name: str) -> None:

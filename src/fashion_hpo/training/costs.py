@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fashion_hpo.core.constants import FLOPS, LATENCY_MS, N_PARAMS
 from fashion_hpo.model.architectures import IMAGE_SHAPE
@@ -36,32 +37,16 @@ def count_params(model: nn.Module) -> int:
 
 
 def flops_per_image(model: nn.Module) -> int:
-    """FLOPs of one image's forward pass through the convolutions and linear layers (2 per multiply-add).
-
-    Counted from the output shapes of one forward pass; normalization, activations and pooling are left out (they
-    are a few percent of a conv or dense layer's cost here)."""
-    total = 0
-
-    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            total += 2 * per_output * output[0].numel()
-        elif isinstance(module, nn.Linear):
-            total += 2 * module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            was_training = model.training
-            model.eval()
-            model(torch.zeros(1, *IMAGE_SHAPE, device=device))
-            model.train(was_training)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total
+    """FLOPs of one image's forward pass (2 per multiply-add), as torch's FlopCounterMode counts them: the
+    convolutions and matrix products; normalization, activations and pooling are left out (a few percent here)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *IMAGE_SHAPE, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
 
 
 def cpu_latency_ms(model: nn.Module, batch: int = LATENCY_BATCH, repeats: int = LATENCY_REPEATS) -> float:
