@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import optuna
 import pytest
@@ -17,7 +18,9 @@ from fashion_hpo.search.loop import budget_left, run_search
 from fashion_hpo.search.samplers import make_pruner, make_sampler
 from fashion_hpo.search.space import BASELINE_PARAMS, suggest_config
 from fashion_hpo.search.study import open_study
-from fashion_hpo.storage.rdb import StudyFull, budget_used, engine_url
+from fashion_hpo.storage.budget import Budget, count_budget
+from fashion_hpo.storage.rdb import BudgetedStorage, StudyFull, budget_used, engine_url, retried_trial_number
+from fashion_hpo.tracking.trials import running_trial
 
 
 def uniform(trial: optuna.Trial) -> float:
@@ -158,3 +161,66 @@ def test_a_new_study_first_trains_the_baseline_once_and_can_skip_it(tmp_path: Pa
 def test_an_unknown_sampler_or_pruner_raises_instead_of_defaulting(make, name: str) -> None:
     with pytest.raises(ValueError, match=f"unknown {name} 'nope'"):
         make("nope")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh storage: a SQLite file, or a new PostgreSQL database (skipped without one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/o.db"
+    new_database = request.getfixturevalue("new_database")
+    return str(new_database())
+
+
+def test_the_budget_counted_in_sql_is_the_one_counted_from_the_trials(storage_url: str) -> None:
+    """The PRIVATE CONTRACT of storage/budget.py: its queries over Optuna's tables agree with budget_used on every
+    kind of trial, including a retry's retry history and an INTERRUPTED attribute that is false."""
+    study = open_study(RunSettings(study_name="sql", storage=storage_url, n_trials=100, baseline_trial=False))
+    study.add_trials(
+        [
+            frozen(0, TrialState.COMPLETE),
+            frozen(1, TrialState.PRUNED),
+            frozen(2, TrialState.FAIL, user_attrs={"exception_type": "RuntimeError"}),  # counts
+            frozen(3, TrialState.FAIL, user_attrs={INTERRUPTED: True}),  # does not
+            frozen(4, TrialState.FAIL, user_attrs={INTERRUPTED: False}),  # counts
+            frozen(5, TrialState.FAIL),  # retried by 6, which failed too, retried by 7: neither counts
+            frozen(6, TrialState.FAIL, system_attrs={"failed_trial": 5, "retry_history": [5]}),
+            frozen(7, TrialState.WAITING, system_attrs={"failed_trial": 5, "retry_history": [5, 6]}),
+            frozen(8, TrialState.FAIL),  # counts
+        ]
+    )
+    study.ask()  # runs the queued retry 7: RUNNING, still one place
+    trials = study.get_trials(deepcopy=False)
+    storage = BudgetedStorage(storage_url, 100, 60, 120, None)
+    with storage.engine.connect() as conn:
+        budget = count_budget(conn, study._study_id)
+    assert budget == Budget(used=budget_used(trials), running=1) and budget.used == 6
+
+
+def test_creating_a_trial_counts_the_budget_without_reading_the_trials(tmp_path: Path) -> None:
+    storage = BudgetedStorage(f"sqlite:///{tmp_path}/o.db", 3, 60, 120, None)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "count")
+    unread = AssertionError("the budget read the study's trials")
+    with (
+        mock.patch.object(BudgetedStorage, "get_all_trials", side_effect=unread),
+        mock.patch.object(BudgetedStorage, "_get_trials", side_effect=unread),
+    ):
+        created = [storage._create_new_trial(study_id).number for _ in range(3)]
+        with pytest.raises(StudyFull) as full:
+            storage._create_new_trial(study_id)
+    assert created == [0, 1, 2] and full.value.running == 3
+
+
+def test_a_running_trial_is_read_alone_with_its_retry_attributes(tmp_path: Path) -> None:
+    """running_trial reads the trial by its private `_trial_id` (see its docstring), never the study's trials."""
+    study = open_study(settings(tmp_path, n_trials=5, baseline_trial=False))
+    study.add_trials(
+        [
+            frozen(0, TrialState.FAIL),
+            frozen(1, TrialState.WAITING, system_attrs={"failed_trial": 0, "retry_history": [0]}),
+        ]
+    )
+    trial = study.ask()  # the queued retry
+    with mock.patch.object(optuna.Study, "get_trials", side_effect=AssertionError("copied the study's trials")):
+        view = running_trial(trial)
+    assert (view.number, view.state, retried_trial_number(view)) == (1, TrialState.RUNNING, 0)

@@ -20,10 +20,9 @@ from fashion_hpo.core.constants import INTERRUPTED
 from fashion_hpo.core.process import raised_from
 from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.core.urls import sqlite_file
+from fashion_hpo.storage.budget import BUDGET_STATES, count_budget
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
-# Trials that hold a place in the budget: finished ones, ones a worker is running, and queued retries.
-BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 # How often a trial whose worker died is run again before it stays failed.
 MAX_RETRIES = 2
 
@@ -45,7 +44,7 @@ def engine_url(url: str) -> str:
 
 
 def budget_used(trials: list[FrozenTrial]) -> int:
-    """How many of the study's trials count toward `--n-trials`.
+    """How many of the study's trials count toward `--n-trials` (budget.count_budget counts the same in SQL).
 
     All but the failures that are not the trial's own: a trial stopped by an interrupt is rerun by the next
     invocation, and one whose worker died is retried (the retry, queued as WAITING, counts instead)."""
@@ -152,9 +151,10 @@ class BudgetedStorage(optuna.storages.RDBStorage):
         if template_trial is not None:
             return super()._create_new_trial(study_id, template_trial)
         with trial_lock(self.engine, study_id):
-            trials = self.get_all_trials(study_id, deepcopy=False)
-            if budget_used(trials) >= self.max_trials:
-                raise StudyFull(sum(t.state == TrialState.RUNNING for t in trials))
+            with self.engine.connect() as conn:  # counted, not read: the same few rows at any study size
+                budget = count_budget(conn, study_id)
+            if budget.used >= self.max_trials:
+                raise StudyFull(budget.running)
             return super()._create_new_trial(study_id)
 
 
