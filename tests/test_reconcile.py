@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import mlflow
 import optuna
@@ -393,3 +394,27 @@ def test_fresh_worker_leaves_no_run_running_and_every_trial_with_its_run(work: P
     assert (link_run.info.status, link_run.info.run_name) == ("FAILED", trial_run_name(before_link))
     assert "before the run was linked" in link_run.data.tags[RECONCILED]
     assert trial_run_of(runs, mid_trial.number).info.status == "FAILED", "ended by the heartbeat reclaim"
+
+
+def test_reconcile_reads_no_closed_run_of_a_linked_trial(
+    tiny_data: FashionData, tracking_store: str, tmp_path: Path
+) -> None:
+    """With a finished trial lacking a run, reconcile looks among the runs left running and those it tagged, never
+    at every run of the study: the closed runs of linked trials (nearly all, in a large study) are not read."""
+    settings = study_settings(tmp_path, n_trials=3)
+    study, _ = run_trials(tiny_data, replace(settings, n_trials=2))
+    closed = {trial_run_id(t) for t in study.trials}
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))  # finished, no run
+    read: list[str] = []
+    search = MlflowClient.search_runs
+
+    def recording(client: MlflowClient, *args: object, **kwargs: object) -> object:
+        found = search(client, *args, **kwargs)  # type: ignore[arg-type]
+        read.extend(run.info.run_id for run in found)
+        return found
+
+    with parent_run(settings) as parent_id, mock.patch.object(MlflowClient, "search_runs", recording):
+        first = reconcile_runs(study, settings, parent_id)
+        second = reconcile_runs(study, settings, parent_id)
+    assert (first.recovered, second.recovered) == ([2], [])
+    assert len(closed) == 2 and None not in closed and not closed & set(read)

@@ -13,8 +13,12 @@ Called whenever a worker starts, reclaims a stale trial, or writes the study sum
   create two.
 
 Runs are matched to trials by the trial's `mlflow_run_id` link, else by the study tag and trial number that every
-trial run carries from its creation. Two search_runs per call (status RUNNING; state tag RUNNING), or one of all the
-study's runs when a finished trial has no link (only then can a run be missing).
+trial run carries from its creation. What a call reads does not grow with the study: the trials come through Optuna's
+cache (which reads from the database only the trials unfinished or new since its last read), and the runs from two
+search_runs (status RUNNING; state tag RUNNING), plus one of the runs reconcile itself tagged when a finished trial
+has no link. The run of an unlinked trial is always among those: its callback never closed it (the callback closes
+linked runs only), so its state tag says RUNNING until reconcile ends it (tagging it `reconciled`) or creates it
+(`reconciled` and `recovered`).
 """
 
 from __future__ import annotations
@@ -71,14 +75,14 @@ def reconcile_runs(
     trials = study.get_trials(deepcopy=False)
     unlinked = [t for t in trials if t.state.is_finished() and trial_run_id(t) is None]
     client = MlflowClient()
-    runs = study_runs(client, study.study_name, running_only=not unlinked)
+    runs = study_runs(client, study.study_name, with_reconciled=bool(unlinked))
     stuck = StuckRule(timedelta(seconds=settings.grace_period), frozenset(dead))
     ended = end_stuck_runs(client, runs, trials, stuck, parent_run_id)
     recovered: list[int] = []
     if parent_run_id is not None and without_runs(unlinked, runs):
         with study_lock(settings.storage, study.study_name, "reconcile"):
             # Again under the lock: another worker may have just created them.
-            missing = without_runs(unlinked, study_runs(client, study.study_name, running_only=False))
+            missing = without_runs(unlinked, study_runs(client, study.study_name, with_reconciled=True))
             experiment = client.get_run(parent_run_id).info.experiment_id
             recovered = [recover_run(client, study, t, (experiment, parent_run_id)) for t in missing]
     if ended or recovered:
@@ -90,17 +94,18 @@ def reconcile_runs(
     return Reconciled(ended, recovered)
 
 
-def study_runs(client: MlflowClient, study_name: str, running_only: bool) -> list[Run]:
-    """The runs tagged with the study (trials', workers', parents'), in any active experiment; with `running_only`,
-    those left running: status RUNNING, or a trial run whose state tag still says RUNNING."""
+def study_runs(client: MlflowClient, study_name: str, with_reconciled: bool) -> list[Run]:
+    """The runs tagged with the study (trials', workers', parents'), in any active experiment, that were left running:
+    status RUNNING, or a trial run whose state tag still says RUNNING; `with_reconciled` adds those reconcile tagged."""
     experiments = [e.experiment_id for e in all_pages(lambda token: client.search_experiments(page_token=token))]
     study = f"tags.{STUDY_TAG} = {quoted(study_name)}"
     queries = [f"{study} and attributes.status = 'RUNNING'", f"{study} and tags.{STATE_TAG} = '{RUNNING}'"]
+    queries += [f"{study} and tags.{RECONCILED} IS NOT NULL"] if with_reconciled else []
 
     def search(query: str) -> list[Run]:
         return all_pages(lambda token: client.search_runs(experiments, query, max_results=PAGE, page_token=token))
 
-    found = {run.info.run_id: run for query in (queries if running_only else [study]) for run in search(query)}
+    found = {run.info.run_id: run for query in queries for run in search(query)}
     return list(found.values())
 
 
