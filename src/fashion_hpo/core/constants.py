@@ -7,6 +7,9 @@ TRAIN_LOSS = "train_loss"
 VAL_ACCURACY = "val_accuracy"
 VAL_LOSS = "val_loss"
 EPOCH_SECONDS = "epoch_seconds"
+# Per-epoch metrics of the best configuration's refit, on the study's run (step = epoch).
+REFIT_TRAIN_LOSS = "refit_train_loss"
+REFIT_EPOCH_SECONDS = "refit_epoch_seconds"
 
 # The optimized metric and its direction: trials are selected on validation accuracy, never on test.
 OPTIMIZED_METRIC = VAL_ACCURACY

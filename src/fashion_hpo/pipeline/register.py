@@ -23,6 +23,7 @@ from fashion_hpo.core.settings import REFIT_EPOCHS_FACTOR, RunSettings
 from fashion_hpo.data.splits import FashionData, load_data
 from fashion_hpo.model.architectures import ModelConfig
 from fashion_hpo.pipeline.guards import closing_link, stop_on_tracking_outage
+from fashion_hpo.pipeline.progress import RefitProgress
 from fashion_hpo.pipeline.summary import Registration, describe, no_best_reason
 from fashion_hpo.registry.versions import ModelCard, find_version, log_model, promote, register
 from fashion_hpo.search.space import config_from_params
@@ -33,11 +34,12 @@ from fashion_hpo.tracking.artifacts import (
     log_test_results,
     refit_inputs,
 )
+from fashion_hpo.tracking.metrics import log_refit_epoch
 from fashion_hpo.tracking.runs import (
     check_tracking_store,
     parent_run,
 )
-from fashion_hpo.training.loop import Evaluation, build_and_fit, confusion_matrix, evaluate
+from fashion_hpo.training.loop import EpochResult, Evaluation, build_and_fit, confusion_matrix, evaluate
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,22 @@ def refit_epochs(best: FrozenTrial, settings: RunSettings) -> int:
 
 
 def refit_and_test(data: FashionData, best: FrozenTrial, settings: RunSettings, epochs: int) -> FinalModel:
-    """Retrain the best trial's config (same seed) on all 60,000 training images for `epochs`, then test it once."""
+    """Retrain the best trial's config (same seed) on all 60,000 training images for `epochs`, then test it once;
+    each epoch is shown on the console and logged on the active run."""
     config = config_from_params(best.params, best.user_attrs.get("model", settings.model))
-    model = build_and_fit(config, data.full_train, None, epochs, trial_seed(settings.seed, best.number)).model
+    trained = max(best.intermediate_values, default=settings.epochs)
+    print(f"Refit trial #{best.number} on {len(data.full_train):,} images for {epochs} epochs (it trained {trained})")
+    progress = RefitProgress(settings, epochs)
+
+    def on_epoch(result: EpochResult) -> None:
+        log_refit_epoch(result)
+        progress(result)
+
+    try:
+        seed = trial_seed(settings.seed, best.number)
+        model = build_and_fit(config, data.full_train, None, epochs, seed, on_epoch).model
+    finally:
+        progress.close()
     return FinalModel(model, config.model, evaluate(model, data.test), confusion_matrix(model, data.test))
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.core.settings import RunSettings
 from fashion_hpo.data.splits import FashionData, load_data
 from fashion_hpo.pipeline.guards import closing_link, note_run_on_outage, stop_on_tracking_outage
+from fashion_hpo.pipeline.progress import SearchProgress, duration
 from fashion_hpo.pipeline.register import print_registration, register_best
 from fashion_hpo.pipeline.summary import (
     active_run_id,
@@ -40,6 +42,7 @@ from fashion_hpo.tracking.runs import (
     parent_run,
 )
 from fashion_hpo.tracking.trials import tracked_objective
+from fashion_hpo.training.loop import EpochResult
 
 
 def reclaim_stale_trial(study: optuna.Study, trial: FrozenTrial, settings: RunSettings) -> None:
@@ -49,21 +52,47 @@ def reclaim_stale_trial(study: optuna.Study, trial: FrozenTrial, settings: RunSe
     reconcile_runs(study, settings, active_run_id(), dead={trial.number})
 
 
-def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -> None:
-    """Run this process's share of the trials, each in its own child run."""
-    objective = make_objective(data, settings, log_epoch, log_costs)
+def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -> str:
+    """Run this process's share of the trials, each in its own child run, showing each epoch and trial; returns why
+    the search ended."""
+    left = budget_left(study, settings.n_trials)
+    pending = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
+    progress = SearchProgress(study, settings, done=settings.n_trials - left - pending)
+
+    def report(trial: optuna.Trial, result: EpochResult) -> None:
+        log_epoch(trial, result)
+        progress.epoch(trial, result)
+
+    objective = make_objective(data, settings, report, log_costs)
     inputs = search_inputs(data, settings)
     log_inputs(inputs)  # on the invocation's run; each trial's run gets them too
     tracked, tracker = tracked_objective(objective, settings, functools.partial(log_inputs, inputs))
-    if budget_left(study, settings.n_trials) <= 0:
+    if left <= 0:
         print(
             f"Study {settings.study_name!r} already has its --n-trials {settings.n_trials} trials; raise it for more."
         )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what Optuna's would
     try:
-        run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=settings.progress_bar)
+        run_search(study, tracked, settings, callbacks=[tracker, progress], show_progress_bar=False)
     except KeyboardInterrupt:
         tracker.mark_interrupted()
         raise
+    finally:
+        progress.close()
+    return search_end(study, settings, progress.trials_here, time.monotonic() - progress.started)
+
+
+def search_end(study: optuna.Study, settings: RunSettings, trials_here: int, seconds: float) -> str:
+    """Why this process's search ended, and how to go on: the study-wide --n-trials, or this run's --timeout."""
+    if budget_left(study, settings.n_trials) <= 0:
+        return f"Search ended: the study has its --n-trials {settings.n_trials} trials."
+    ran = f"{trials_here} trial{'s' if trials_here != 1 else ''} in {duration(seconds)}"
+    if settings.timeout and seconds >= settings.timeout:
+        return (
+            f"Search ended: the --timeout of {settings.timeout} s ran out after {ran}; rerun the same command to "
+            f"continue the study toward --n-trials {settings.n_trials}."
+        )
+    return f"Search ended after {ran}: the other workers hold the study's remaining trials."
 
 
 def run_study(settings: RunSettings, device: torch.device) -> int:
@@ -88,12 +117,13 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
             try:
                 if in_workers:
                     search_in_workers(settings, run_id)
+                    ended = ""
                 else:
-                    search_here(study, data(), settings)
+                    ended = search_here(study, data(), settings)
             except (KeyboardInterrupt, WorkersFailed):
                 summarize(study, settings)  # what was found is kept and shown either way
                 raise
-            best = summarize(study, settings)
+            best = summarize(study, settings, ended)
             if best is None:
                 print(
                     f"{no_best_reason(study, settings)}, so no model was registered{first_error(study)}.",

@@ -101,8 +101,9 @@ def first_error(study: optuna.Study) -> str:
     return ""
 
 
-def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
-    """Print and log the study's trial counts and best trial (also after an interrupt); returns the best."""
+def summarize(study: optuna.Study, settings: RunSettings, ended: str = "") -> FrozenTrial | None:
+    """Print and log the study's trial counts and best trial (also after an interrupt), with why the search `ended`;
+    returns the best."""
     reconcile_runs(study, settings, active_run_id())
     counts, best = trial_counts(study), best_trial(study, settings.limits)
     front = pareto_front(study, settings.limits)
@@ -110,6 +111,8 @@ def summarize(study: optuna.Study, settings: RunSettings) -> FrozenTrial | None:
         tag_pareto_front(front, settings.study_name)
     print_summary(counts, best, settings)
     print_front(front, settings)
+    if ended:
+        print(ended)
     # A worker of --workers leaves the study's table and plots (seconds of work each) to the run above it.
     log_study_summary(study, counts, best, artifacts=not settings.parent_run_id)
     describe(settings, counts, best, front, plots=not settings.parent_run_id)

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from fashion_hpo.core.constants import (
     EPOCH_SECONDS,
+    REFIT_EPOCH_SECONDS,
+    REFIT_TRAIN_LOSS,
     TRAIN_LOSS,
     VAL_ACCURACY,
     VAL_LOSS,
@@ -75,3 +77,9 @@ def log_epoch(trial: optuna.Trial, result: EpochResult) -> None:
 def log_costs(trial: optuna.Trial, costs: ModelCosts) -> None:
     """Queue the trained model's costs (parameters, FLOPs per image, CPU ms per image) for the trial's run."""
     TRIAL_METRICS.add(costs.as_metrics())
+
+
+def log_refit_epoch(result: EpochResult) -> None:
+    """One refit epoch's training loss and seconds on the active run (the study's), step = epoch: the refit's
+    curve in the UI. A request per epoch: refit epochs take seconds each."""
+    mlflow.log_metrics({REFIT_TRAIN_LOSS: result.train_loss, REFIT_EPOCH_SECONDS: result.seconds}, step=result.epoch)
