@@ -117,6 +117,23 @@ def test_predict_classifies_files_and_reports_bad_ones(
     assert record["class_name"] == CLASS_NAMES[labels[first]] and record["class_index"] == labels[first]
 
 
+def test_a_garment_on_a_wide_canvas_gets_the_class_and_confidence_of_the_square_photo(
+    work: Path, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, labels = test_images
+    index = confident_examples(test_images)[0]
+    dark = Image.fromarray(((1 - images[index, 0]) * 255).astype(np.uint8)).resize((400, 400))
+    square, wide = tmp_path / "square.png", tmp_path / "wide.png"
+    dark.save(square)
+    canvas = Image.new("L", (800, 400), 255)
+    canvas.paste(dark, (200, 0))
+    canvas.save(wide)
+    assert main(["predict", "--json", str(square), str(wide)]) == 0
+    first, second = json.loads(capsys.readouterr().out)["predictions"]
+    assert first["class_index"] == second["class_index"] == labels[index]
+    assert abs(first["probability"] - second["probability"]) < 0.05 and not second["uncertain"]
+
+
 def test_unknown_model_uri_is_one_line_exit_2(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["predict", "--model-uri", "models:/fashion-mnist-classifier@nosuchalias", "--test-samples", "5"])
     err = capsys.readouterr().err

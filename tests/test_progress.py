@@ -23,7 +23,8 @@ from tests.conftest import run_cli
 
 EPOCH_LINE = re.compile(r"^trial (\d+) · epoch (\d+)/(\d+) · val [01]\.\d{4} · \d+\.\d s/epoch$")
 TRIAL_LINE = re.compile(
-    r"^trial (\d+) (complete|pruned|failed)( · val [01]\.\d{4})?( · best [01]\.\d{4} \(trial \d+\))? · (\d+)/(\d+) trials$"
+    r"^trial (\d+) (complete|pruned|failed)( · val [01]\.\d{4})?( · best [01]\.\d{4} \(trial \d+\))?"
+    r" · (\d+)/(\d+) trials$"
 )
 REFIT_LINE = re.compile(r"^refit · epoch (\d+)/(\d+) · train_loss \d+\.\d{4} · \d+\.\d s/epoch · ~\d+ (s|min) left$")
 

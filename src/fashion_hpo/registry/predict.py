@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 from fashion_hpo.core.errors import credentials_refused
 from fashion_hpo.model.architectures import CLASS_NAMES
+from fashion_hpo.registry.images import read_image
 
 INVERT_CHOICES = ("auto", "yes", "no")
 
@@ -24,18 +25,24 @@ class ModelLoadError(RuntimeError):
     """The model URI does not resolve to a loadable model."""
 
 
+# A prediction whose top class probability is below this is reported as uncertain.
+UNCERTAIN_BELOW = 0.5
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """One classified image."""
+    """One classified image; `uncertain` when its top probability is below UNCERTAIN_BELOW."""
 
     source: str
     class_index: int
     class_name: str
     probability: float
+    uncertain: bool
 
     def line(self) -> str:
-        """The human-readable line: file, class name, probability."""
-        return f"{self.source}\t{self.class_name}\t{self.probability:.4f}"
+        """The human-readable line: file, class name, probability, and a warning when the model is unsure."""
+        warning = f"\tuncertain: top probability below {UNCERTAIN_BELOW}" if self.uncertain else ""
+        return f"{self.source}\t{self.class_name}\t{self.probability:.4f}{warning}"
 
 
 def load_model(model_uri: str, scratch: Path) -> Any:
@@ -95,24 +102,6 @@ def requirement_mismatches(folder: Path) -> list[str]:
     return mismatches
 
 
-def read_image(path: Path, invert: str = "auto") -> np.ndarray:
-    """An image file as float32 (1, 28, 28) in [0, 1], light garment on dark like FashionMNIST."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        gray = image.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
-    pixels = np.asarray(gray, dtype=np.float32) / 255.0
-    if invert == "yes" or (invert == "auto" and border_mean(pixels) > 0.5):
-        pixels = 1.0 - pixels
-    return pixels[None]
-
-
-def border_mean(pixels: np.ndarray) -> float:
-    """Mean intensity of the outermost pixel ring: above 0.5 means a light background (a photo on white)."""
-    ring = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    return float(ring.mean())
-
-
 def predict_frame(model: Any, images: np.ndarray) -> pd.DataFrame:
     """The pyfunc's predictions for any number of (N, 1, 28, 28) images, in batches it accepts."""
     import pandas as pd
@@ -127,7 +116,13 @@ def classify(model: Any, images: np.ndarray, sources: list[str]) -> list[Predict
     """Predictions for a batch of (N, 1, 28, 28) images through the pyfunc contract."""
     frame = predict_frame(model, images)
     return [
-        Prediction(source, int(row.class_index), row.class_name, float(max(row.probabilities)))
+        Prediction(
+            source,
+            int(row.class_index),
+            row.class_name,
+            float(max(row.probabilities)),
+            float(max(row.probabilities)) < UNCERTAIN_BELOW,
+        )
         for source, row in zip(sources, frame.itertuples(index=False), strict=True)
     ]
 
