@@ -4,11 +4,9 @@ the final model's test results with its confusion matrix; the datasets it used, 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -36,6 +34,7 @@ from fashion_hpo.data.raw import RAW_FILES, raw_dir
 from fashion_hpo.data.splits import FashionData, Split
 from fashion_hpo.model.architectures import CLASS_NAMES
 from fashion_hpo.search.trials import trial_accuracy
+from fashion_hpo.tracking.plots import log_figure, log_plots
 from fashion_hpo.training.loop import Evaluation
 
 log = logging.getLogger(__name__)
@@ -113,57 +112,6 @@ def try_artifact(name: str, write: Callable[[], object]) -> None:
         write()
     except Exception as err:  # the metrics are already stored; only this file is missing
         log.warning("could not log %s: %s: %s", name, type(err).__name__, err)
-
-
-def log_plots(study: optuna.Study, n_complete: int) -> None:
-    """Optuna's plots as PNG artifacts and as interactive Plotly HTML; a plot that fails is a warning, never a failed
-    study."""
-    import optuna.visualization
-    from optuna.visualization import matplotlib as ovm
-
-    plots = ["optimization_history", "parallel_coordinate", "intermediate_values"]
-    if len(study.directions) == 1:
-        plots += ["param_importances"] if n_complete >= 2 else []
-    else:  # the front is the story; importances of accuracy alone would hide the trade-off
-        plots += ["pareto_front"] if n_complete else []
-    if n_complete == 0:
-        plots = ["intermediate_values"]
-    for name in plots:
-        kwargs = plot_kwargs(study, name)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            # Importance estimates on few trials warn per parameter; the plot still says what it can.
-            warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)
-            warnings.filterwarnings("ignore", "Attempting to set identical low and high ylims", UserWarning)
-            try:
-                figure = getattr(ovm, f"plot_{name}")(study, **kwargs).figure
-                # Optuna lays its figures out with tight_layout, which cannot fit the legend of many trials and
-                # warns "Tight layout not applied" at every save; log_figure crops to the artists instead.
-                figure.set_layout_engine("none")
-                log_figure(figure, f"plots/{name}.png")
-                # The interactive twin of the same name (hover a trial), which MLflow's artifact viewer renders.
-                mlflow.log_figure(getattr(optuna.visualization, f"plot_{name}")(study, **kwargs), f"plots/{name}.html")
-            except Exception as err:
-                log.warning("could not log plot %s: %s: %s", name, type(err).__name__, err)
-
-
-def plot_kwargs(study: optuna.Study, name: str) -> dict[str, Any]:
-    """How Optuna's plot `name` shows this study: a multi-objective study's plots follow validation accuracy, and
-    its Pareto front names its objectives."""
-    objectives = study.user_attrs.get("objectives", [OPTIMIZED_METRIC])
-    if len(study.directions) == 1 or name == "intermediate_values":
-        return {}
-    if name == "pareto_front":
-        return {"target_names": objectives}
-    return {"target": trial_accuracy, "target_name": OPTIMIZED_METRIC}
-
-
-def log_figure(figure: plt.Figure, path: str) -> None:
-    """Save a matplotlib figure as an artifact of the active run and free it."""
-    try:
-        mlflow.log_figure(figure, path, save_kwargs={"bbox_inches": "tight"})
-    finally:
-        plt.close(figure)
 
 
 def log_test_results(test: Evaluation, confusion: torch.Tensor, model_id: str, dataset: Dataset) -> None:
