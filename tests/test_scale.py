@@ -1,0 +1,37 @@
+"""benchmarks/scale.py runs in its --quick form, so it cannot rot: what it reports, never a timing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import POSTGRES_URL_VARIABLE
+from tests.test_benchmarks import run_quick
+
+PARTS = ("sampler", "storage", "tracking", "other")
+
+
+@pytest.mark.slow
+def test_scale_quick_run_splits_the_overhead_per_size_and_counts_the_workers_trials(
+    real_data_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "scale.json"
+    result = run_quick("scale.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    for storage in ("sqlite", "postgresql") if os.environ.get(POSTGRES_URL_VARIABLE) else ("sqlite",):
+        rows = report[storage]
+        assert [row["size"] for row in rows] == [20, 40]
+        for row in rows:
+            assert row["timed_trials"] == 2, "3 real trials timed: 2 cycles from one start to the next"
+            assert row["overhead"] == pytest.approx(sum(row[part] for part in PARTS))
+            assert row["storage"] > 0 and row["tracking"] > 0 and row["training"] > 0
+        assert report["overhead_ratio"][storage] == pytest.approx(rows[-1]["overhead"] / rows[0]["overhead"])
+    assert {row["size"] for row in report["sampler_growth"]} == {10, 20, 40}
+    if os.environ.get(POSTGRES_URL_VARIABLE):
+        workers = report["workers"]
+        assert [(row["workers"], row["trials"]) for row in workers] == [(1, 3), (2, 3)], "the budget held exactly"
+        assert all(row["peak_db_connections"] > 0 and row["tracking_requests"] > 0 for row in workers)
+    assert "goal <= 1.3" in result.stdout
