@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,12 @@ def test_console_exit_code_and_single_line_from_a_real_process(tmp_path: Path) -
         "fashion-hpo study: error: argument --epochs: must be at least 1, got -2"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    run_cli(["study", "--storage", "not a url", "--data-dir", str(tmp_path)])  # refused once the process is set up
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    run_cli(["study", "--storage", "not a url", "--data-dir", str(tmp_path)])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from fashion_hpo.cli.parser import build_parser, parse_args, settings_from_args
 from fashion_hpo.core.errors import UsageError
-from fashion_hpo.core.process import handle_interrupts, keep_freed_memory, signal_name, use_threads
+from fashion_hpo.core.process import handle_interrupts, keep_freed_memory, signal_name, use_threads, wait_passively
 from fashion_hpo.core.settings import STUDY, RunSettings
 from fashion_hpo.core.use_settings import PredictSettings, VerifySettings
 from fashion_hpo.core.validation import threads_per_worker, validate
@@ -62,6 +62,7 @@ def run_verify_command(settings: VerifySettings) -> int:
 
 def guarded(prog: str, run: Callable[[], int]) -> int:
     """Run a command with the stop signals handled: a user's mistake or an interrupt ends in one line."""
+    wait_passively()
     handle_interrupts(prog)
     try:
         return run()

@@ -132,6 +132,14 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
+def wait_passively() -> None:
+    """Have OpenMP's idle threads sleep rather than spin, unless the user chose otherwise; before torch loads.
+
+    Spinning threads take the cores that other processes need: on a busy 2-core machine (load 5-9) an MLP epoch took
+    141 s with 2 spinning threads, 14 s with 1, and 10 s with 2 passive ones (benchmarks/threads.json)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def use_threads(threads: int) -> None:
     """Set torch's intra-op threads, so that workers sharing a machine do not oversubscribe its cores."""
     import torch  # deferred: `--help` and bad flags answer without loading torch
