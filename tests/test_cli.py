@@ -127,3 +127,24 @@ def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch: pytest
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     run_cli(["study", "--storage", "not a url", "--data-dir", str(tmp_path)])
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_mistyped_flag_suggests_the_nearest_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["study", "--n-trails", "5"]) == 2
+    assert capsys.readouterr().err == (
+        "fashion-hpo study: error: unrecognized arguments: --n-trails 5; did you mean --n-trials?\n"
+    )
+
+
+def test_an_undeclared_mlflow_run_parameter_is_named_in_mlprojects_words(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().create_run("0")  # the run `mlflow run` makes, which passes `-P n_trial=5` as `--n_trial 5`
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    capsys.readouterr()
+    assert run_cli(["study", "--n-trials", "100", "--n_trial", "5"]) == 2
+    line = "-P n_trial is not a parameter of entry point main; did you mean -P n_trials?"
+    assert capsys.readouterr().err.splitlines()[-1] == f"fashion-hpo study: error: {line}"
+    assert MlflowClient().get_run(run.info.run_id).data.tags["mlflow.note.content"] == f"Not started: {line}"

@@ -122,6 +122,17 @@ def mlproject_parameter(unknown: str, command: str) -> str | None:
     return f"-P {name} is not a parameter of entry point {entry_point}{hint}"
 
 
+def describe_failed_project_run(message: str) -> None:
+    """Say on the run `mlflow run` made (which it ends FAILED) why it failed: its page shows the line."""
+    try:
+        from mlflow.tracking import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+        MlflowClient().set_tag(os.environ["MLFLOW_RUN_ID"], MLFLOW_RUN_NOTE, f"Not started: {message}")
+    except Exception:  # the line on stderr says it anyway; a tracking problem must not hide it
+        return
+
+
 def parse_args(parser: OneLineParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse a command line; an unknown flag is one line that suggests the nearest known one."""
     args, unknown = parser.parse_known_args(argv)
@@ -130,5 +141,7 @@ def parse_args(parser: OneLineParser, argv: Sequence[str] | None) -> argparse.Na
         message = mlproject_parameter(flag, args.command)
         if message is None:
             message = f"unrecognized arguments: {' '.join(unknown)}{suggestion(flag, args.command)}"
+        else:
+            describe_failed_project_run(message)
         parser.exit(2, f"{parser.prog} {args.command}: error: {message}\n")
     return args
