@@ -21,6 +21,7 @@ from fashion_hpo.data.splits import FashionData
 from fashion_hpo.model import serving
 from fashion_hpo.model.architectures import CLASS_NAMES, CNNConfig, MLPConfig, ModelConfig, build_model
 from fashion_hpo.registry.predict import requirement_mismatches
+from fashion_hpo.registry.significance import PairedComparison
 from fashion_hpo.registry.versions import (
     ModelCard,
     find_version,
@@ -32,19 +33,27 @@ from fashion_hpo.registry.versions import (
 )
 from fashion_hpo.tracking.artifacts import log_test_results, refit_inputs
 from fashion_hpo.training.loop import Evaluation
+from tests.conftest import run_cli
 
 NAME = "fashion-mnist-classifier"
 
 
-def register_tiny(test_accuracy: float, trial_number: int = 0, policy: str = "if-better") -> tuple[str, str, str]:
-    """Log and register a small model with the given test accuracy; returns (version, alias, reason)."""
+def register_tiny(
+    test_accuracy: float,
+    trial_number: int = 0,
+    policy: str = "if-better",
+    paired: PairedComparison | None = None,
+) -> tuple[str, str, str]:
+    """Log and register a small model with the given test accuracy (and `paired` outcome against the champion);
+    returns (version, alias, reason)."""
     card = ModelCard("s", trial_number, "mlp", 0.5, test_accuracy, {"lr": 0.001})
     torch.manual_seed(trial_number)
     architecture = MLPConfig(hidden_units=(8,), dropouts=(0.0,))
     with mlflow.start_run() as run:
         info = log_model(build_model(architecture), architecture, np.random.rand(2, 1, 28, 28).astype(np.float32), card)
         version = register(info.model_uri, NAME, card, run.info.run_id)
-        alias, reason = promote(version, test_accuracy, policy)
+        compare = (lambda champion: paired) if paired is not None else None
+        alias, reason = promote(version, test_accuracy, policy, compare=compare)
     return str(version.version), alias, reason
 
 
@@ -62,6 +71,21 @@ def test_only_a_better_model_takes_the_champion_alias(tracking_uri: str) -> None
     assert register_tiny(0.10, 4, policy="always")[:2] == ("5", "champion")
     assert champion() == "5"
     assert str(MlflowClient().get_model_version_by_alias(NAME, "challenger").version) == "3"
+
+
+def test_a_win_within_noise_takes_the_alias_only_under_if_better(tracking_uri: str) -> None:
+    register_tiny(0.9300, 0)
+    noise = PairedComparison(n=10_000, new_only=52, champion_only=50)  # a 0.0002 "win"
+    version, alias, reason = register_tiny(0.9302, 1, "if-significant", noise)
+    assert alias == "challenger" and "is not significantly better than champion version 1" in reason
+    assert "McNemar p = 0.92" in reason
+    tags = MlflowClient().get_model_version(NAME, version).tags
+    assert tags["mcnemar_p_value"] == "0.9212" and tags["test_accuracy_delta"] == "+0.0002"
+    assert tags["test_accuracy_delta_ci95"].startswith("[-0.00") and champion() == "1"
+    assert register_tiny(0.9302, 2, "if-better", noise)[1] == "champion", "if-better moves it, and says the p"
+    progress = PairedComparison(n=10_000, new_only=140, champion_only=60)
+    version, alias, reason = register_tiny(0.9382, 3, "if-significant", progress)
+    assert alias == "champion" and "is significantly better" in reason and champion() == version
 
 
 def test_version_records_its_lineage_and_is_found_again(tracking_uri: str) -> None:
@@ -187,3 +211,22 @@ def test_predict_checks_the_models_requirements_package_by_package(saved_model: 
     ]
     (tmp_path / "requirements.txt").unlink()
     assert [m.split()[0] for m in requirement_mismatches(tmp_path)] == ["Python"], "no requirements: nothing to compare"
+
+
+def test_a_new_study_is_compared_with_the_champion_on_the_same_test_images(
+    tiny_data: FashionData,
+    tmp_path: Path,
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fashion_hpo.pipeline import study as pipeline
+
+    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
+    for name in ("first", "second"):
+        args = ["study", "--study-name", name, "--n-trials", "1", "--epochs", "1", "--promote", "if-significant"]
+        assert run_cli([*args, "--storage", f"sqlite:///{tmp_path}/o.db", "--data-dir", str(tmp_path)]) == 0
+    tags = MlflowClient().get_model_version(NAME, "2").tags
+    assert {"mcnemar_p_value", "test_accuracy_delta", "test_accuracy_delta_ci95"} <= tags.keys()
+    registered = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Registered:")]
+    assert "McNemar p =" not in registered[0] and "McNemar p =" in registered[1]

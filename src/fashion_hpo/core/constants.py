@@ -37,7 +37,7 @@ MODEL_KINDS = ("mlp", "cnn")
 DEFAULT_REGISTERED_MODEL_NAME = "fashion-mnist-classifier"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
-PROMOTE_CHOICES = ("if-better", "always")
+PROMOTE_CHOICES = ("if-better", "if-significant", "always")
 
 # Tag of every run (parent, worker and trial) with the name of its Optuna study.
 STUDY_TAG = "study_name"

@@ -180,9 +180,16 @@ class RunSettings:
     )
     promote: str = setting(
         "if-better",
-        "if-better: the new model becomes @champion only if its test accuracy beats the current one, else "
-        "@challenger; always: it becomes @champion",
+        "if-better: the new model becomes @champion only if its test accuracy beats the current one's, else "
+        "@challenger; if-significant: only if it is better with McNemar's p below --significance on the same test "
+        "images; always: it becomes @champion",
         choices=PROMOTE_CHOICES,
+        commands=ALL,
+    )
+    significance: float = setting(
+        0.05,
+        "--promote if-significant: the p-value below which a better test accuracy is progress, not noise",
+        parse=non_negative_float,
         commands=ALL,
     )
     workers: int = setting(

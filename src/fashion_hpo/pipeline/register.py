@@ -3,6 +3,7 @@ test it once, log it and register it."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import mlflow
 import torch
+from mlflow.entities.model_registry import ModelVersion
 from optuna.trial import FrozenTrial
 
 from fashion_hpo.core.constants import (
@@ -20,11 +22,13 @@ from fashion_hpo.core.constants import (
 )
 from fashion_hpo.core.seeding import trial_seed
 from fashion_hpo.core.settings import REFIT_EPOCHS_FACTOR, RunSettings
-from fashion_hpo.data.splits import FashionData, load_data
+from fashion_hpo.data.splits import FashionData, Split, load_data
 from fashion_hpo.model.architectures import ModelConfig
 from fashion_hpo.pipeline.guards import closing_link, stop_on_tracking_outage
 from fashion_hpo.pipeline.progress import RefitProgress
 from fashion_hpo.pipeline.summary import Registration, describe, no_best_reason
+from fashion_hpo.registry.predict import predict_frame
+from fashion_hpo.registry.significance import PairedComparison
 from fashion_hpo.registry.versions import ModelCard, find_version, log_model, promote, register
 from fashion_hpo.search.space import config_from_params
 from fashion_hpo.search.study import load_existing_study, with_study_setup
@@ -39,7 +43,14 @@ from fashion_hpo.tracking.runs import (
     check_tracking_store,
     parent_run,
 )
-from fashion_hpo.training.loop import EpochResult, Evaluation, build_and_fit, confusion_matrix, evaluate
+from fashion_hpo.training.loop import (
+    EpochResult,
+    Evaluation,
+    build_and_fit,
+    confusion_matrix,
+    evaluate,
+    predict_logits,
+)
 
 
 @dataclass(frozen=True)
@@ -110,9 +121,23 @@ def register_best(
     info = log_model(final.model, final.architecture, splits.test.images[:4].cpu().numpy(), card)
     log_test_results(final.test, final.confusion, info.model_id, test.dataset)
     version = register(info.model_uri, settings.registered_model_name, card, run_id)
-    alias, reason = promote(version, final.test.accuracy, settings.promote, settings.limits)
+    compare = functools.partial(paired_with, final.model, splits.test)
+    alias, reason = promote(
+        version, final.test.accuracy, settings.promote, settings.limits, compare, settings.significance
+    )
     mlflow.set_tags({"registered_version": version.version, "alias": alias, "promotion": reason})
     return Registration(version, alias, reason, final.test)
+
+
+def paired_with(model: torch.nn.Module, test: Split, champion: ModelVersion) -> PairedComparison:
+    """How the refit model and the champion version did on the same test images (the champion loaded as any user
+    loads it, through its pyfunc)."""
+    import mlflow.pyfunc
+
+    new_right = (predict_logits(model, test.images).argmax(dim=1) == test.labels).cpu().numpy()
+    loaded = mlflow.pyfunc.load_model(f"models:/{champion.name}/{champion.version}")
+    predicted = predict_frame(loaded, test.images.cpu().numpy())["class_index"].to_numpy()
+    return PairedComparison.of(new_right, predicted == test.labels.cpu().numpy())
 
 
 def print_registration(registration: Registration) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from fashion_hpo.core.limits import NO_LIMITS, CostLimits
 from fashion_hpo.model import serving
 from fashion_hpo.model.architectures import CLASS_NAMES, IMAGE_SHAPE, N_CLASSES, ModelConfig
 from fashion_hpo.registry.integrity import logged_digests
+from fashion_hpo.registry.significance import PairedComparison
 
 MODEL_ARTIFACT = "model"
 SIGNATURE = ModelSignature(
@@ -153,11 +155,17 @@ def register(model_uri: str, name: str, card: ModelCard, run_id: str) -> ModelVe
 
 
 def promote(
-    version: ModelVersion, test_accuracy: float, policy: str, limits: CostLimits = NO_LIMITS
+    version: ModelVersion,
+    test_accuracy: float,
+    policy: str,
+    limits: CostLimits = NO_LIMITS,
+    compare: Callable[[ModelVersion], PairedComparison] | None = None,
+    significance: float = 0.05,
 ) -> tuple[str, str]:
     """Point `champion` at the version if it meets `limits` and beats the current champion's test accuracy (a tie
-    keeps the incumbent) or the champion does not meet `limits`; else `challenger`. Returns the alias and the reason,
-    which names the test that decided."""
+    keeps the incumbent; with `if-significant`, by McNemar's p below `significance`) or the champion does not meet
+    `limits`; else `challenger`. `compare` pairs the two models' predictions on the same test images; its result is
+    recorded on the version. Returns the alias and the reason, which names the test that decided."""
     client = MlflowClient()
     try:
         champion = client.get_model_version_by_alias(version.name, CHAMPION_ALIAS)
@@ -167,17 +175,39 @@ def promote(
         alias, reason = CHALLENGER_ALIAS, f"outside the constraints {limits.describe()}"
     elif champion is None or str(champion.version) == str(version.version):
         alias, reason = CHAMPION_ALIAS, "first registered model" if champion is None else "already champion"
-    elif policy == "always":
-        alias, reason = CHAMPION_ALIAS, f"--promote always replaced version {champion.version}"
     elif not limits.allows(version_costs(champion)):
         alias = CHAMPION_ALIAS
         reason = f"champion version {champion.version} is outside the constraints {limits.describe()}; this one is not"
     else:
-        incumbent = float(champion.tags.get("test_accuracy", "-inf"))
-        better = round(test_accuracy, 4) > incumbent  # tags hold 4 decimals: k/10,000 test images
-        alias = CHAMPION_ALIAS if better else CHALLENGER_ALIAS
-        comparison = "beats" if better else "does not beat"
-        reason = f"test accuracy {test_accuracy:.4f} {comparison} champion version {champion.version} ({incumbent:.4f})"
+        comparison = compare(champion) if compare is not None else None
+        if comparison is not None:
+            for key, value in comparison.tags().items():
+                client.set_model_version_tag(version.name, version.version, key, value)
+        alias, reason = against_champion(champion, test_accuracy, policy, comparison, significance)
         reason += f", both within {limits.describe()}" if limits != NO_LIMITS else ""
     client.set_registered_model_alias(version.name, alias, version.version)
     return alias, reason
+
+
+def against_champion(
+    champion: ModelVersion,
+    test_accuracy: float,
+    policy: str,
+    comparison: PairedComparison | None,
+    significance: float,
+) -> tuple[str, str]:
+    """The alias a version gets against a champion within the same constraints, and why."""
+    incumbent = float(champion.tags.get("test_accuracy", "-inf"))
+    paired = f"; paired difference {comparison.describe()}" if comparison is not None else ""
+    if policy == "always":
+        return CHAMPION_ALIAS, f"--promote always replaced version {champion.version}{paired}"
+    if policy == "if-significant" and comparison is not None:
+        better = comparison.better_at(significance)
+        verdict = "is" if better else "is not"
+        reason = f"test accuracy {test_accuracy:.4f} {verdict} significantly better than champion version "
+        reason += f"{champion.version} ({incumbent:.4f}) at p < {significance:g}{paired}"
+        return (CHAMPION_ALIAS if better else CHALLENGER_ALIAS), reason
+    better = round(test_accuracy, 4) > incumbent  # tags hold 4 decimals: k/10,000 test images
+    word = "beats" if better else "does not beat"
+    reason = f"test accuracy {test_accuracy:.4f} {word} champion version {champion.version} ({incumbent:.4f})"
+    return (CHAMPION_ALIAS if better else CHALLENGER_ALIAS), reason + paired
