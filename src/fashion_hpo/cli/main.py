@@ -12,6 +12,7 @@ from fashion_hpo.core.process import handle_interrupts, keep_freed_memory, signa
 from fashion_hpo.core.settings import STUDY, RunSettings
 from fashion_hpo.core.use_settings import PredictSettings, VerifySettings
 from fashion_hpo.core.validation import threads_per_worker, validate
+from fashion_hpo.tracking.disk import disk_full_line, quiet_disk_full_logs
 
 
 def run_search_command(command: str, settings: RunSettings) -> int:
@@ -64,6 +65,7 @@ def guarded(prog: str, run: Callable[[], int]) -> int:
     """Run a command with the stop signals handled: a user's mistake or an interrupt ends in one line."""
     wait_passively()
     handle_interrupts(prog)
+    quiet_disk_full_logs()
     try:
         return run()
     except UsageError as err:
@@ -75,6 +77,12 @@ def guarded(prog: str, run: Callable[[], int]) -> int:
         sys.stderr.write(f"\n{prog}: interrupted ({signum.name}); rerun the same command to continue\n")
         sys.stderr.flush()
         return 128 + signum
+    except Exception as err:
+        line = disk_full_line(err)
+        if line is None:
+            raise
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return 1
 
 
 def run_parsed(command: str, args: argparse.Namespace) -> int:

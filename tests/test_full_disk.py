@@ -1,0 +1,95 @@
+"""A study whose MLflow tracking store fills its file system mid-study (a small tmpfs, mounted as root): one line
+naming the store and what to do, exit non-zero, no run left RUNNING; the same command continues once space is free."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from tests.conftest import RUN_SCOPE_VARIABLES
+
+N_TRIALS = 20
+STUDY = ["--n-trials", str(N_TRIALS), "--epochs", "1", "--max-train-samples", "300", "--no-register"]
+LEFT_KB = 120  # room for some trials' runs and metrics in the store, not for twenty
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs under `tmp_path`, unmounted afterwards; root only (CI runs the tests as root)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the full-disk test mounts a tmpfs and must run as root under CI")
+        pytest.skip("mounting a tmpfs needs root (CI runs this test as root)")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder: Path, left_kb: int) -> Path:
+    """A file that takes all but `left_kb` KiB of the file system under `folder`."""
+    stats = os.statvfs(folder)
+    filler = folder / "filler"
+    with filler.open("wb") as file:
+        file.write(bytes(stats.f_bavail * stats.f_frsize - left_kb * 1024))
+    return filler
+
+
+def study(work: Path, store: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`fashion-hpo study` in `work` (Optuna's storage there), its tracking store `store`."""
+    env = {k: v for k, v in os.environ.items() if k not in RUN_SCOPE_VARIABLES}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    command = [sys.executable, "-m", "fashion_hpo", "study", *STUDY, "--no-progress-bar", "--data-dir", str(data_dir)]
+    return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+
+
+def run_statuses(store: Path) -> list[str]:
+    """The status of every run in the tracking store."""
+    with sqlite3.connect(store) as db:
+        return [status for (status,) in db.execute("SELECT status FROM runs")]
+
+
+def trial_states(work: Path) -> list[str]:
+    """The state of every trial of the study in `work`'s Optuna storage."""
+    loaded = optuna.load_study(study_name="fashion-mnist-mlp", storage=f"sqlite:///{work / 'optuna.db'}")
+    return [trial.state.name for trial in loaded.trials]
+
+
+@pytest.mark.slow  # two small studies on the real data: about a minute
+def test_a_tracking_store_that_fills_up_mid_study_is_one_line_and_the_rerun_continues(
+    small_fs: Path, tmp_path: Path, real_data_dir: Path
+) -> None:
+    store, work = small_fs / "mlflow.db", tmp_path / "work"
+    work.mkdir()
+    mlflow.MlflowClient(f"sqlite:///{store}").search_experiments()  # the store's tables, before the disk fills
+    filler = fill(small_fs, LEFT_KB)
+
+    full = study(work, store, real_data_dir)
+    assert full.returncode == 1, f"exit {full.returncode}:\n{full.stderr[-3000:]}"
+    assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"fashion-hpo study: error: no space left on device writing the MLflow tracking store {store}: free space "
+        "there (or choose another MLFLOW_TRACKING_URI) and rerun the same command to continue"
+    )
+    assert 0 < len(trial_states(work)) < N_TRIALS, "the store did not fill up mid-study"
+    assert "RUNNING" not in run_statuses(store)
+
+    filler.unlink()
+    rerun = study(work, store, real_data_dir)
+    assert rerun.returncode == 0, f"rerun exit {rerun.returncode}:\n{rerun.stderr[-3000:]}"
+    states = trial_states(work)
+    assert len(states) == N_TRIALS and set(states) <= {"COMPLETE", "PRUNED"}, states
+    statuses = run_statuses(store)
+    assert "RUNNING" not in statuses and statuses.count("FINISHED") >= 1
