@@ -218,6 +218,13 @@ class RunSettings:
         "(--no-baseline-trial: the sampler's draws only)",
         mlproject=False,
     )
+    warm_start_from: str = setting(
+        "",
+        "a new study's first trials are the best configurations of this study in the same --storage, or the one "
+        "a registered version records (models:/NAME@ALIAS or models:/NAME/VERSION); no baseline trial then; "
+        "empty = none",
+    )
+    warm_start_trials: int = setting(3, "--warm-start-from a study: how many of its best trials", parse=count(1))
     max_params: int = setting(
         0,
         "constraint: trainable parameters at most this; a larger configuration is pruned before it trains, and only "

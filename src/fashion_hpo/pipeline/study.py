@@ -6,6 +6,7 @@ import functools
 import sys
 import time
 
+import mlflow
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
@@ -28,6 +29,7 @@ from fashion_hpo.search.loop import budget_left, run_search
 from fashion_hpo.search.objective import make_objective
 from fashion_hpo.search.study import open_study
 from fashion_hpo.search.trials import pareto_front, trial_counts
+from fashion_hpo.search.warm_start import WARM_START, warm_start
 from fashion_hpo.storage.rdb import retry_stale_trial
 from fashion_hpo.tracking.artifacts import (
     log_inputs,
@@ -105,6 +107,8 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
         data()  # before the study opens: a data problem is a usage error, with no trial and no run created
     study = open_study(settings, functools.partial(reclaim_stale_trial, settings=settings))
     print_objectives_notice(settings)
+    for line in warm_start(study, settings) if settings.warm_start_from else []:
+        print(line)
     try:
         with (
             stop_on_tracking_outage(),
@@ -112,6 +116,8 @@ def run_study(settings: RunSettings, device: torch.device) -> int:
             note_run_on_outage(study, run_id),
             closing_link(settings),
         ):
+            if settings.warm_start_from:
+                mlflow.set_tag(WARM_START, settings.warm_start_from)
             end_left_running(study)  # what earlier invocations could not end when they lost the tracking server
             reconcile_runs(study, settings, run_id)  # what killed workers and tracking outages left behind
             try:

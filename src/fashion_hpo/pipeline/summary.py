@@ -60,9 +60,10 @@ def describe(
         version, test = registration.version, registration.test
         uri = f"models:/{version.name}/{version.version}"
         registered = Registered(uri, registration.alias, test.accuracy if test is not None else None)
-    log_description(
-        description(settings.study_name, counts, best, registered, plots, Front(settings.objective_names, front))
-    )
+    text = description(settings.study_name, counts, best, registered, plots, Front(settings.objective_names, front))
+    if settings.warm_start_from:
+        text += f"\n\nWarm-started from `{settings.warm_start_from}` (its best configurations were the first trials)."
+    log_description(text)
 
 
 def no_best_reason(study: optuna.Study, settings: RunSettings) -> str:

@@ -73,6 +73,7 @@ class ModelCard:
             "test_accuracy": f"{self.test_accuracy:.4f}",
             **{name: format_cost(name, value) for name, value in self.costs.items()},
             "constraints": self.constraints,
+            "params": json.dumps(self.params, sort_keys=True),  # what --warm-start-from a version starts from
         }
 
 

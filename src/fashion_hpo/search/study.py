@@ -64,7 +64,7 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
     with experimental_features():
         # optuna-dashboard and Optuna's plots then name the objective instead of "Objective 0".
         study.set_metric_names(list(objectives))
-    if settings.baseline_trial:
+    if settings.baseline_trial and not settings.warm_start_from:  # a warm start brings its own known-good trials
         enqueue_baseline(study, settings.model)
     return study
 
