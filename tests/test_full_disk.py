@@ -1,5 +1,6 @@
-"""A study whose MLflow tracking store fills its file system mid-study (a small tmpfs, mounted as root): one line
-naming the store and what to do, exit non-zero, no run left RUNNING; the same command continues once space is free."""
+"""A study whose MLflow tracking store, or whose runs' artifacts (plots, the model), fill their file system (a small
+tmpfs, mounted as root): one line naming what was written and what to do, exit non-zero, no run left RUNNING, no
+model registered from a half-written one; the same command continues once space is free."""
 
 from __future__ import annotations
 
@@ -22,15 +23,18 @@ LEFT_KB = 120  # room for some trials' runs and metrics in the store, not for tw
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs under `tmp_path`, unmounted afterwards; root only (CI runs the tests as root)."""
+def small_fs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs under `tmp_path` (4 MiB, or the size the test's parameter gives), unmounted afterwards; root only (CI
+    runs the tests as root)."""
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("the full-disk test mounts a tmpfs and must run as root under CI")
         pytest.skip("mounting a tmpfs needs root (CI runs this test as root)")
     folder = tmp_path / "small"
     folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={getattr(request, 'param', '4m')}", "tmpfs", str(folder)], check=True
+    )
     try:
         yield folder
     finally:
@@ -46,11 +50,12 @@ def fill(folder: Path, left_kb: int) -> Path:
     return filler
 
 
-def study(work: Path, store: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    """`fashion-hpo study` in `work` (Optuna's storage there), its tracking store `store`."""
+def study(work: Path, store: Path, data_dir: Path, flags: list[str] = STUDY) -> subprocess.CompletedProcess[str]:
+    """`fashion-hpo study` in `work` (Optuna's storage there, and a new experiment's artifacts), its tracking store
+    `store`."""
     env = {k: v for k, v in os.environ.items() if k not in RUN_SCOPE_VARIABLES}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
-    command = [sys.executable, "-m", "fashion_hpo", "study", *STUDY, "--no-progress-bar", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "fashion_hpo", "study", *flags, "--no-progress-bar", "--data-dir", str(data_dir)]
     return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -58,6 +63,12 @@ def run_statuses(store: Path) -> list[str]:
     """The status of every run in the tracking store."""
     with sqlite3.connect(store) as db:
         return [status for (status,) in db.execute("SELECT status FROM runs")]
+
+
+def model_versions(store: Path) -> list[str]:
+    """The status of every registered model version in the tracking store."""
+    with sqlite3.connect(store) as db:
+        return [status for (status,) in db.execute("SELECT status FROM model_versions")]
 
 
 def trial_states(work: Path) -> list[str]:
@@ -93,3 +104,32 @@ def test_a_tracking_store_that_fills_up_mid_study_is_one_line_and_the_rerun_cont
     assert len(states) == N_TRIALS and set(states) <= {"COMPLETE", "PRUNED"}, states
     statuses = run_statuses(store)
     assert "RUNNING" not in statuses and statuses.count("FINISHED") >= 1
+
+
+@pytest.mark.slow  # two small studies on the real data, each with a refit on 60,000 images: about two minutes
+@pytest.mark.parametrize("small_fs", ["64m"], indirect=True)
+def test_artifacts_that_fill_up_are_one_line_and_no_half_written_model_is_registered(
+    small_fs: Path, tmp_path: Path, real_data_dir: Path
+) -> None:
+    store, flags = tmp_path / "mlflow.db", ["--n-trials", "2", "--epochs", "1", "--max-train-samples", "300"]
+    flags += ["--refit-epochs", "1"]
+    filler = fill(small_fs, 2048)  # room for the PNG plots, not for an HTML plot (4.8 MB) nor the model
+
+    full = study(small_fs, store, real_data_dir, flags)
+    assert full.returncode == 1, f"exit {full.returncode}:\n{full.stderr[-3000:]}"
+    assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    artifacts = f"{small_fs}/mlruns/"
+    assert f"free space in {artifacts}" in full.stderr, "the plots' warnings do not say where to free space"
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"fashion-hpo study: error: no space left on device writing the MLflow run's artifacts {artifacts}"
+    ), last
+    assert last.endswith(
+        "free space there (or choose another MLFLOW_TRACKING_URI) and rerun the same command to continue"
+    ), last
+    assert "RUNNING" not in run_statuses(store) and model_versions(store) == []
+
+    filler.unlink()
+    rerun = study(small_fs, store, real_data_dir, flags)
+    assert rerun.returncode == 0, f"rerun exit {rerun.returncode}:\n{rerun.stderr[-3000:]}"
+    assert model_versions(store) == ["READY"] and "RUNNING" not in run_statuses(store)

@@ -34,6 +34,7 @@ from fashion_hpo.data.raw import RAW_FILES, raw_dir
 from fashion_hpo.data.splits import FashionData, Split
 from fashion_hpo.model.architectures import CLASS_NAMES
 from fashion_hpo.search.trials import trial_accuracy
+from fashion_hpo.tracking.disk import artifact_failure
 from fashion_hpo.tracking.plots import log_figure, log_plots
 from fashion_hpo.training.loop import Evaluation
 
@@ -111,7 +112,7 @@ def try_artifact(name: str, write: Callable[[], object]) -> None:
     try:
         write()
     except Exception as err:  # the metrics are already stored; only this file is missing
-        log.warning("could not log %s: %s: %s", name, type(err).__name__, err)
+        log.warning("could not log %s: %s", name, artifact_failure(err, mlflow.get_artifact_uri()))
 
 
 def log_test_results(test: Evaluation, confusion: torch.Tensor, model_id: str, dataset: Dataset) -> None:

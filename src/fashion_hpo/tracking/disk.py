@@ -76,21 +76,38 @@ def tracking_store() -> str:
     return sqlite_file(uri) or redact_url(uri)
 
 
+def last_artifacts() -> str:
+    """Where the process's last MLflow run keeps its artifacts (a model is logged there too), or how to find it."""
+    mlflow = sys.modules.get("mlflow")
+    run = mlflow.last_active_run() if mlflow is not None else None
+    return run.info.artifact_uri.removeprefix("file://") if run is not None else "the experiment's artifact location"
+
+
 def disk_full_line(err: BaseException) -> str | None:
     """One line for a full disk: what was being written, where to free space or what to point elsewhere; None for
     any other error."""
     if not is_disk_full(err):
         return None
-    path, package = written_file(err), writer(err)
-    if path is not None:
-        where, other = path, "--data-dir, or MLFLOW_TRACKING_URI for the runs' artifacts"
-    elif package == TRACKING:
-        where, other = f"the MLflow tracking store {tracking_store()}", "MLFLOW_TRACKING_URI"
+    package, sqlite = writer(err), any(SQLITE_FULL in str(e) for e in causes(err))
+    where, other = "a file", "--data-dir / --storage / MLFLOW_TRACKING_URI"
+    if package == TRACKING:
+        where, other = (f"the MLflow tracking store {tracking_store()}", "MLFLOW_TRACKING_URI")
+        if not sqlite:  # a file of the run (a plot, the model) in its artifact store
+            where = f"the MLflow run's artifacts {last_artifacts()}"
     elif package == OPTUNA:
         where, other = "the Optuna storage", "--storage"
-    else:
-        where, other = "a file", "--data-dir / --storage / MLFLOW_TRACKING_URI"
+    elif (path := written_file(err)) is not None:
+        where, other = path, "--data-dir"
     return (
         f"no space left on device writing {where}: free space there (or choose another {other}) and rerun the same "
         "command to continue"
     )
+
+
+def artifact_failure(err: BaseException, artifact_uri: str) -> str:
+    """Why an artifact of a run could not be logged, as a clause; on a full disk, also where to free space."""
+    said = f"{type(err).__name__}: {err}"
+    if not is_disk_full(err):
+        return said
+    folder = artifact_uri.removeprefix("file://")
+    return f"{said}; free space in {folder} and rerun the same command to log the study's summary on a new run"

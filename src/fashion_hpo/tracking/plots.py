@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.core.constants import OPTIMIZED_METRIC
 from fashion_hpo.search.trials import trial_accuracy
+from fashion_hpo.tracking.disk import artifact_failure
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def log_plots(study: optuna.Study, n_complete: int) -> None:
             try:
                 log_plot(study, name)
             except Exception as err:
-                log.warning("could not log plot %s: %s: %s", name, type(err).__name__, err)
+                log.warning("could not log plot %s: %s", name, artifact_failure(err, mlflow.get_artifact_uri()))
 
 
 def log_plot(study: optuna.Study, name: str) -> None:
