@@ -3,7 +3,6 @@ flags fed systematically. Each ends in one clear line, a non-zero exit, and noth
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from dataclasses import replace
@@ -25,7 +24,6 @@ from fashion_hpo.search.loop import run_search
 from fashion_hpo.search.objective import make_objective
 from fashion_hpo.search.study import load_existing_study, open_study, with_study_setup
 from fashion_hpo.tracking.artifacts import log_plots
-from fashion_hpo.tracking.disk import disk_full_line
 from tests.conftest import MLP_PARAMS, free_port, run_cli
 
 
@@ -271,35 +269,3 @@ def test_any_unknown_choice_exits_2_naming_it(flag: str, value: str, capsys: pyt
     assume(value not in CHOICE_FLAGS[flag])
     assert run_cli(["study", f"{flag}={value}"]) == 2
     assert flag in error_line(capsys.readouterr().err)
-
-
-def test_a_full_disk_writing_a_file_is_one_line_naming_it_and_other_errors_are_not() -> None:
-    try:
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device", "/data/FashionMNIST/raw/cache.pt")
-        except OSError as err:
-            raise RuntimeError("could not save the cache") from err
-    except RuntimeError as wrapped:
-        line = disk_full_line(wrapped)
-    assert line == (
-        "no space left on device writing /data/FashionMNIST/raw/cache.pt: free space there (or choose another "
-        "--data-dir) and rerun the same command to continue"
-    )
-    assert disk_full_line(OSError(errno.EACCES, "Permission denied", "/data")) is None
-    assert disk_full_line(RuntimeError("database is locked")) is None
-
-
-def test_a_full_disk_while_logging_a_plot_says_where_to_free_space(
-    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    study = optuna.create_study(direction="maximize")
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
-
-    def disk_full(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(mlflow, "log_figure", disk_full)
-    with mlflow.start_run(), caplog.at_level(logging.WARNING):
-        artifacts = mlflow.get_artifact_uri().removeprefix("file://")
-        log_plots(study, n_complete=2)
-    assert f"No space left on device; free space in {artifacts} and rerun the same command" in caplog.text

@@ -4,6 +4,8 @@ model registered from a half-written one; the same command continues once space 
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sqlite3
 import subprocess
@@ -15,6 +17,8 @@ import mlflow
 import optuna
 import pytest
 
+from fashion_hpo.tracking.disk import disk_full_line
+from fashion_hpo.tracking.plots import log_plots
 from tests.conftest import RUN_SCOPE_VARIABLES
 
 N_TRIALS = 20
@@ -133,3 +137,35 @@ def test_artifacts_that_fill_up_are_one_line_and_no_half_written_model_is_regist
     rerun = study(small_fs, store, real_data_dir, flags)
     assert rerun.returncode == 0, f"rerun exit {rerun.returncode}:\n{rerun.stderr[-3000:]}"
     assert model_versions(store) == ["READY"] and "RUNNING" not in run_statuses(store)
+
+
+def test_a_full_disk_writing_a_file_is_one_line_naming_it_and_other_errors_are_not() -> None:
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/FashionMNIST/raw/cache.pt")
+        except OSError as err:
+            raise RuntimeError("could not save the cache") from err
+    except RuntimeError as wrapped:
+        line = disk_full_line(wrapped)
+    assert line == (
+        "no space left on device writing /data/FashionMNIST/raw/cache.pt: free space there (or choose another "
+        "--data-dir) and rerun the same command to continue"
+    )
+    assert disk_full_line(OSError(errno.EACCES, "Permission denied", "/data")) is None
+    assert disk_full_line(RuntimeError("database is locked")) is None
+
+
+def test_a_full_disk_while_logging_a_plot_says_where_to_free_space(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mlflow, "log_figure", disk_full)
+    with mlflow.start_run(), caplog.at_level(logging.WARNING):
+        artifacts = mlflow.get_artifact_uri().removeprefix("file://")
+        log_plots(study, n_complete=2)
+    assert f"No space left on device; free space in {artifacts} and rerun the same command" in caplog.text
