@@ -218,6 +218,15 @@ class RunSettings:
         "(--no-baseline-trial: the sampler's draws only)",
         mlproject=False,
     )
+    patience: int = setting(
+        0,
+        "end the search once this many trials in a row, complete or pruned, did not raise the best value by more "
+        "than --min-delta; 0 = never",
+        parse=count(0),
+    )
+    min_delta: float = setting(
+        0.0, "--patience: the least rise of the best value that counts", parse=non_negative_float
+    )
     warm_start_from: str = setting(
         "",
         "a new study's first trials are the best configurations of this study in the same --storage, or the one "

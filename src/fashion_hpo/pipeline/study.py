@@ -27,7 +27,8 @@ from fashion_hpo.pipeline.summary import (
 from fashion_hpo.pipeline.workers import WorkersFailed, search_in_workers
 from fashion_hpo.search.loop import budget_left, run_search
 from fashion_hpo.search.objective import make_objective
-from fashion_hpo.search.study import open_study
+from fashion_hpo.search.stopping import Plateau
+from fashion_hpo.search.study import Callback, open_study
 from fashion_hpo.search.trials import pareto_front, trial_counts
 from fashion_hpo.search.warm_start import WARM_START, warm_start
 from fashion_hpo.storage.rdb import retry_stale_trial
@@ -73,14 +74,18 @@ def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -
         print(
             f"Study {settings.study_name!r} already has its --n-trials {settings.n_trials} trials; raise it for more."
         )
+    plateau = Plateau(study, settings.patience, settings.min_delta)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what Optuna's would
     try:
-        run_search(study, tracked, settings, callbacks=[tracker, progress], show_progress_bar=False)
+        callbacks: list[Callback] = [tracker, progress, plateau]
+        run_search(study, tracked, settings, callbacks, show_progress_bar=False, stopped=lambda: plateau.stopped)
     except KeyboardInterrupt:
         tracker.mark_interrupted()
         raise
     finally:
         progress.close()
+    if plateau.stopped:
+        return plateau.describe()
     return search_end(study, settings, progress.trials_here, time.monotonic() - progress.started)
 
 

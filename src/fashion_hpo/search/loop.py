@@ -20,6 +20,7 @@ def run_search(
     settings: RunSettings,
     callbacks: Sequence[Callback] = (),
     show_progress_bar: bool = True,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run trials until the study has `n_trials` or this worker's `timeout` is up; a failing trial does not stop it.
 
@@ -27,7 +28,7 @@ def run_search(
     that was killed leaves a trial that turns stale after the grace period, is retried, and needs a worker to run it."""
     deadline = time.monotonic() + settings.timeout if settings.timeout else float("inf")
     waiting = StaleTrialWait(patience=settings.grace_period + 2 * settings.heartbeat_interval)
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopped():  # `stopped`: a callback ended the study (see Plateau)
         try:
             study.optimize(
                 objective,
