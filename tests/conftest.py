@@ -44,6 +44,32 @@ MLP_PARAMS = {
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# Fixtures that give a test a real store or service: such a test is in the integration tier, not the unit tier.
+INTEGRATION_FIXTURES = {
+    "tracking_uri",
+    "tracking_store",
+    "real_data_dir",
+    "postgres_url",
+    "new_database",
+    "project_run",
+}
+
+
+# The time limit of a slow test that names none (pyproject.toml's `timeout` is the inner loop's); the e2e fixture,
+# which the first test using it pays for, runs `mlflow run .` with a limit of its own (900 s).
+SLOW_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use a real store `integration` (the unit tier is what is left of the inner loop), and give
+    slow tests their longer time limit."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
 def synthetic_split(n: int, seed: int) -> Split:
     """Learnable fake images: each class lights up its own band of rows, plus noise."""
     generator = torch.Generator().manual_seed(seed)
