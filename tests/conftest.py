@@ -163,6 +163,18 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture
+def tiny_cli(
+    tiny_data: FashionData, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[list[str]], int]:
+    """`fashion-hpo` in this process on the tiny synthetic data, with a fresh tracking store and an Optuna storage
+    and data folder in `tmp_path` (appended to the command line); returns its exit code."""
+    from fashion_hpo.pipeline import study as pipeline
+
+    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
+    return lambda args: run_cli([*args, "--storage", f"sqlite:///{tmp_path}/o.db", "--data-dir", str(tmp_path)])
+
+
 def run_cli(args: list[str]) -> int:
     """The exit code of `fashion-hpo` run in this process."""
     from fashion_hpo.cli.main import main

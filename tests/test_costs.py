@@ -4,6 +4,7 @@ Tiny synthetic data and a temporary tracking store: seconds each."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -20,7 +21,6 @@ from fashion_hpo.core.limits import CostLimits
 from fashion_hpo.core.settings import RunSettings
 from fashion_hpo.data.splits import FashionData
 from fashion_hpo.model.architectures import CNNConfig, MLPConfig, build_model
-from fashion_hpo.pipeline import study as pipeline
 from fashion_hpo.pipeline.register import register_best
 from fashion_hpo.pipeline.study import search_here
 from fashion_hpo.pipeline.summary import summarize
@@ -32,7 +32,7 @@ from fashion_hpo.tracking.callback import RUN_ID_ATTRIBUTE_KEY
 from fashion_hpo.tracking.runs import parent_run
 from fashion_hpo.tracking.trials import PARETO_TAG, tag_pareto_front
 from fashion_hpo.training.costs import count_params, cpu_latency_ms, flops_per_image
-from tests.conftest import MLP_PARAMS, REPO, run_cli, subprocess_env, temporary_tracking
+from tests.conftest import MLP_PARAMS, REPO, subprocess_env, temporary_tracking
 
 NAME = "fashion-mnist-classifier"
 SMALL_MLP = {**MLP_PARAMS, "n_layers": 1, "n_units_l0": 8}  # 784*8+8 + 8*10+10 = 6,370 parameters
@@ -114,16 +114,10 @@ def test_reopening_a_study_with_other_objectives_is_one_line(tmp_path) -> None:
 
 
 def test_no_trial_within_the_constraints_is_one_line_and_registers_nothing(
-    tiny_data: FashionData,
-    tmp_path: Path,
-    tracking_uri: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tiny_cli: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
-    storage = f"sqlite:///{tmp_path}/o.db"
-    args = ["study", "--n-trials", "2", "--epochs", "1", "--max-latency-ms", "1e-9", "--storage", storage]
-    assert run_cli([*args, "--data-dir", str(tmp_path), "--no-progress-bar"]) == 1
+    args = ["study", "--n-trials", "2", "--epochs", "1", "--max-latency-ms", "1e-9", "--no-progress-bar"]
+    assert tiny_cli(args) == 1
     out, err = capsys.readouterr()
     assert "Number of complete trials: 2" in out, "both trained: latency is known only after training"
     assert err.strip().splitlines()[-1] == (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -163,16 +164,10 @@ def failing_objective(*args: object, **kwargs: object):
 
 
 def test_all_trials_failing_registers_nothing_and_shows_the_first_error(
-    tiny_data: FashionData,
-    tmp_path: Path,
-    tracking_uri: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tiny_cli: Callable[[list[str]], int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
     monkeypatch.setattr(pipeline, "make_objective", failing_objective)
-    args = ["study", "--n-trials", "3", "--storage", f"sqlite:///{tmp_path}/o.db", "--data-dir", str(tmp_path)]
-    assert run_cli(args) == 1
+    assert tiny_cli(["study", "--n-trials", "3"]) == 1
     out, err = capsys.readouterr()
     assert "Number of failed trials: 3" in out
     assert "No trial completed" in err and "RuntimeError: out of memory (simulated)" in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -15,11 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from fashion_hpo.core.constants import REFIT_EPOCH_SECONDS, REFIT_TRAIN_LOSS
 from fashion_hpo.core.settings import RunSettings
-from fashion_hpo.data.splits import FashionData
 from fashion_hpo.pipeline import study as pipeline
 from fashion_hpo.pipeline.progress import RefitProgress, SearchProgress, duration
 from fashion_hpo.training.loop import EpochResult, Evaluation
-from tests.conftest import run_cli
 
 EPOCH_LINE = re.compile(r"^trial (\d+) · epoch (\d+)/(\d+) · val [01]\.\d{4} · \d+\.\d s/epoch$")
 TRIAL_LINE = re.compile(
@@ -42,15 +41,10 @@ def epoch(number: int, seconds: float = 1.5) -> EpochResult:
 
 
 def test_a_run_shows_every_epoch_of_its_trials_and_refit_and_logs_the_refit_curve(
-    tiny_data: FashionData,
-    tmp_path: Path,
-    tracking_uri: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tiny_cli: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
-    args = ["study", "--n-trials", "2", "--epochs", "2", "--pruner", "none", "--storage", f"sqlite:///{tmp_path}/o.db"]
-    assert run_cli([*args, "--data-dir", str(tmp_path)]) == 0  # captured output is not a terminal: plain lines
+    # Captured output is not a terminal: plain lines.
+    assert tiny_cli(["study", "--n-trials", "2", "--epochs", "2", "--pruner", "none"]) == 0
     lines = capsys.readouterr().out.splitlines()
     epochs = [EPOCH_LINE.match(line).groups() for line in lines if EPOCH_LINE.match(line)]  # type: ignore[union-attr]
     assert epochs == [("0", "1", "2"), ("0", "2", "2"), ("1", "1", "2"), ("1", "2", "2")]
@@ -69,17 +63,14 @@ def test_a_run_shows_every_epoch_of_its_trials_and_refit_and_logs_the_refit_curv
 
 
 def test_a_timeout_that_ends_the_search_after_its_first_trial_says_so(
-    tiny_data: FashionData,
+    tiny_cli: Callable[[list[str]], int],
     tmp_path: Path,
-    tracking_uri: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
     slow = pipeline.log_epoch
     monkeypatch.setattr(pipeline, "log_epoch", lambda trial, result: time.sleep(0.7) or slow(trial, result))
-    args = ["study", "--n-trials", "5", "--timeout", "1", "--epochs", "2", "--storage", f"sqlite:///{tmp_path}/o.db"]
-    assert run_cli([*args, "--data-dir", str(tmp_path), "--no-register"]) == 0
+    assert tiny_cli(["study", "--n-trials", "5", "--timeout", "1", "--epochs", "2", "--no-register"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^trial 0 alone took \d+ s, longer than --timeout 1: the search stops after it", out, re.M)
     assert re.search(

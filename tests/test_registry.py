@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -33,7 +34,6 @@ from fashion_hpo.registry.versions import (
 )
 from fashion_hpo.tracking.artifacts import log_test_results, refit_inputs
 from fashion_hpo.training.loop import Evaluation
-from tests.conftest import run_cli
 
 NAME = "fashion-mnist-classifier"
 
@@ -214,18 +214,11 @@ def test_predict_checks_the_models_requirements_package_by_package(saved_model: 
 
 
 def test_a_new_study_is_compared_with_the_champion_on_the_same_test_images(
-    tiny_data: FashionData,
-    tmp_path: Path,
-    tracking_uri: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tiny_cli: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fashion_hpo.pipeline import study as pipeline
-
-    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
     for name in ("first", "second"):
         args = ["study", "--study-name", name, "--n-trials", "1", "--epochs", "1", "--promote", "if-significant"]
-        assert run_cli([*args, "--storage", f"sqlite:///{tmp_path}/o.db", "--data-dir", str(tmp_path)]) == 0
+        assert tiny_cli(args) == 0
     tags = MlflowClient().get_model_version(NAME, "2").tags
     assert {"mcnemar_p_value", "test_accuracy_delta", "test_accuracy_delta_ci95"} <= tags.keys()
     registered = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Registered:")]

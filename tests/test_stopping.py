@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from fashion_hpo.core.settings import RunSettings
-from fashion_hpo.data.splits import FashionData
-from fashion_hpo.pipeline import study as pipeline
 from fashion_hpo.search.loop import run_search
 from fashion_hpo.search.stopping import Plateau
 from fashion_hpo.search.study import open_study
-from tests.conftest import run_cli
 
 VALUES = [0.50, 0.70, 0.71, 0.69, 0.705, 0.90, 0.60, 0.60, 0.60, 0.99]
 
@@ -47,15 +45,10 @@ def test_a_continued_study_counts_the_trials_it_already_has(tmp_path: Path) -> N
 
 
 def test_the_summary_says_the_plateau_ended_the_search(
-    tiny_data: FashionData,
-    tmp_path: Path,
-    tracking_uri: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tiny_cli: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(pipeline, "load_data", lambda *args, **kwargs: tiny_data)
     args = ["study", "--n-trials", "30", "--epochs", "1", "--patience", "2", "--min-delta", "0.5", "--no-register"]
-    assert run_cli([*args, "--storage", f"sqlite:///{tmp_path}/o.db", "--data-dir", str(tmp_path)]) == 0
+    assert tiny_cli(args) == 0
     out = capsys.readouterr().out
     assert "Search ended: 2 trials in a row did not raise the best value" in out
     assert "by more than --min-delta 0.5 (--patience 2)" in out
