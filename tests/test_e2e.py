@@ -92,3 +92,16 @@ def test_console_ends_with_the_summary_and_the_model_uri(
     assert "Test accuracy of the refit best model" in result.stdout
     assert "models:/fashion-mnist-classifier@champion" in result.stdout
     assert "mlflow ui" in result.stdout
+
+
+def test_the_project_run_shows_every_epoch_and_keeps_the_refit_curve(
+    project_run: tuple[Path, subprocess.CompletedProcess[str]], client: MlflowClient
+) -> None:
+    _, result = project_run
+    lines = result.stdout.splitlines()  # a pipe, not a terminal: one plain line per epoch
+    assert sum(line.startswith("trial ") and f"· epoch {EPOCHS}/{EPOCHS} ·" in line for line in lines) == N_TRIALS
+    assert any(line.startswith("Refit trial #") and "on 60,000 images for 2 epochs" in line for line in lines)
+    assert [line.split(" · ")[1] for line in lines if line.startswith("refit · ")] == ["epoch 1/2", "epoch 2/2"]
+    assert f"Search ended: the study has its --n-trials {N_TRIALS} trials." in lines
+    parent = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.refit_epochs = '2'")[0]
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "refit_train_loss")] == [1, 2]
