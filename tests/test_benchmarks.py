@@ -210,3 +210,15 @@ def test_cost_measurement_quick_run_sets_it_against_a_trial(real_data_dir: Path,
     assert list(rows) == ["mlp", "cnn"]
     assert all(row["costs_s"] > 0 and row["trial_s"] > 0 and 0 < row["share"] < 1 for row in rows.values())
     assert "share" in result.stdout
+
+
+@pytest.mark.slow
+def test_threads_quick_run_times_one_and_two_threads_and_passive_waits(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "threads.json"
+    run_quick("threads.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    assert set(report["median_seconds"]) == {"1 thread", "2 threads", "2 threads, passive wait"}
+    assert all(seconds > 0 for seconds in report["median_seconds"].values())
+    assert (
+        report["ratio_2_threads_to_1"] == report["median_seconds"]["2 threads"] / report["median_seconds"]["1 thread"]
+    )
