@@ -237,3 +237,51 @@ def run_entry_point(work: Path, entry: str, *params: str) -> subprocess.Complete
     for param in (*params, f"data_dir={work / 'data'}"):
         command += ["-P", param]
     return subprocess.run(command, cwd=work, env=subprocess_env(work), capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_and_a_pixel_table_match_predict_test_samples(
+    work: Path, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow's standard tooling on the champion: mlflow.models.evaluate as a classifier, pyfunc on a table of 784
+    pixel columns and `mlflow models predict` on a CSV of it all score the 1,000 images `predict` scores."""
+    import mlflow
+    import pandas as pd
+
+    from tests.conftest import subprocess_env
+
+    images, labels = test_images
+    assert main(["predict", "--test-samples", "1000", "--data-dir", str(work / "data")]) == 0
+    reported = float(capsys.readouterr().out.split("accuracy ")[1].split()[0])
+
+    table = pd.DataFrame(images.reshape(len(images), -1), columns=[f"pixel{i}" for i in range(784)])
+    frame = mlflow.pyfunc.load_model(CHAMPION).predict(table)
+    table_accuracy = float(np.mean(frame["class_index"].to_numpy() == labels))
+
+    with mlflow.start_run(run_name="evaluate-champion"):
+        result = mlflow.models.evaluate(
+            CHAMPION,
+            table.assign(label=labels),
+            targets="label",
+            model_type="classifier",
+            model_config={"output": "class_index"},
+        )
+    evaluated = result.metrics["accuracy_score"]
+
+    csv, scored = tmp_path / "pixels.csv", tmp_path / "scored.json"
+    table.astype(np.float64).to_csv(csv, index=False)
+    command = ["mlflow", "models", "predict", "-m", CHAMPION, "-i", str(csv), "-t", "csv", "-o", str(scored)]
+    batch = subprocess.run(
+        [*command, "--env-manager", "local"],
+        cwd=work,
+        env=subprocess_env(work),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    predictions = json.loads(scored.read_text())["predictions"]
+    batch_accuracy = float(np.mean([p["class_index"] for p in predictions] == labels))
+
+    print(f"predict {reported:.4f}, table {table_accuracy:.4f}, evaluate {evaluated:.4f}, CLI {batch_accuracy:.4f}")
+    assert result.metrics["example_count"] == len(labels) == 1000
+    assert reported == round(table_accuracy, 4) == round(evaluated, 4) == round(batch_accuracy, 4) > 0.6

@@ -31,6 +31,8 @@ from fashion_hpo.registry.integrity import logged_digests
 from fashion_hpo.registry.significance import PairedComparison
 
 MODEL_ARTIFACT = "model"
+# The input tensor is what mlflow.pytorch's torch.export traces; the pyfunc's logged signature keeps the outputs only
+# (serving.save_model), since it accepts a pixel table as well as arrays and checks its inputs itself.
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *IMAGE_SHAPE))]),
     outputs=Schema(
@@ -42,11 +44,14 @@ SIGNATURE = ModelSignature(
     ),
 )
 CONTRACT = (
-    "Input: float32 array (N, 1, 28, 28) of pixel intensities in [0, 1], light garment on dark background "
-    "as in FashionMNIST; normalization happens inside the model. Output (mlflow.pyfunc): one row per image with "
+    "Input: pixel intensities in [0, 1], light garment on dark background as in FashionMNIST, as an array "
+    "(N, 1, 28, 28), (N, 28, 28) or (N, 784), or a table of 784 pixel columns in row-major order; normalization "
+    "happens inside the model. Output (mlflow.pyfunc): one row per image with "
     f"class_index, class_name and probabilities (the {N_CLASSES} class probabilities in class order: "
     + ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
-    + "). mlflow.pytorch.load_model returns the torch module, whose output is the (N, 10) logits."
+    + '); model_config {"output": "class_index"} returns the class index alone, as mlflow.evaluate with '
+    'model_type="classifier" needs. mlflow.pytorch.load_model returns the torch module, whose output is the '
+    "(N, 10) logits of a float32 (N, 1, 28, 28) tensor."
 )
 
 
