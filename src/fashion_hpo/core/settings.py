@@ -172,6 +172,12 @@ class RunSettings:
         parse=Path,
         commands=ALL,
     )
+    checkpoint_dir: str = setting(
+        "",
+        "folder where each running trial saves its state after every epoch (removed when the trial ends), so that a "
+        "retry of a trial whose worker died resumes from its last epoch; local to each machine unless shared; "
+        "empty = <data-dir>/checkpoints",
+    )
     registered_model_name: str = setting(
         DEFAULT_REGISTERED_MODEL_NAME, "MLflow Model Registry name of the best model", commands=ALL
     )

@@ -24,6 +24,7 @@ from fashion_hpo.core.constants import (
 )
 from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.tracking.metrics import TRIAL_METRICS
+from fashion_hpo.training.checkpoint import RESUMED_FROM_EPOCH
 
 # PRIVATE CONTRACT with optuna-integration's MLflowCallback (5.0), and MLflow's tag length limit:
 # 1. `track_in_mlflow` stores the child run's id in the trial's system attribute named by RUN_ID_ATTRIBUTE_KEY
@@ -97,7 +98,8 @@ class TrialTracker(MLflowCallback):
             return
         client = MlflowClient()
         tags = [RunTag(name, value) for name, value in callback_tags(study, trial).items()]
-        client.log_batch(run_id, metrics=TRIAL_METRICS.take(), params=run_params(trial.params, self.model), tags=tags)
+        params = run_params(trial.params, self.model) + resume_params(trial)
+        client.log_batch(run_id, metrics=TRIAL_METRICS.take(), params=params, tags=tags)
         if trial.state != TrialState.COMPLETE:  # MLflow ended the run FAILED, or FINISHED if it returned no number
             client.update_run(run_id, status=RUN_STATUS.get(trial.state, "FAILED"))
 
@@ -137,6 +139,12 @@ def callback_tags(study: optuna.Study, trial: FrozenTrial) -> dict[str, str]:
 def run_params(trial_params: dict[str, object], model: str | None) -> list[Param]:
     """A trial's params as its run records them: the model kind (when known) and the sampled ones."""
     return [Param(key, str(value)) for key, value in {**({"model": model} if model else {}), **trial_params}.items()]
+
+
+def resume_params(trial: FrozenTrial) -> list[Param]:
+    """A retried trial's run param saying from which saved epoch it resumed (0: it trained from scratch)."""
+    resumed = trial.user_attrs.get(RESUMED_FROM_EPOCH)
+    return [Param(RESUMED_FROM_EPOCH, str(resumed))] if resumed is not None else []
 
 
 def truncated(value: str) -> str:
