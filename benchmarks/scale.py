@@ -27,7 +27,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration.mlflow.mlflow import RUN_ID_ATTRIBUTE_KEY
 from scale_probe import Clock, Cycles, probed
-from scale_workers import new_database, worker_sweep
+from scale_workers import drop_database, new_database, worker_sweep
 
 from fashion_hpo.core.constants import STUDY_TAG
 from fashion_hpo.core.settings import RunSettings
@@ -167,9 +167,9 @@ def ratio(rows: list[dict[str, float]]) -> float:
 
 def main() -> None:
     """Sizes on SQLite and PostgreSQL, TPE's growth, then 1, 8 and 32 workers; writes the JSON."""
-    args = parse_args(__doc__, __file__, "sizes 20 and 60, 5 trials each, 1 and 2 workers", device=False)
+    args = parse_args(__doc__, __file__, "sizes 20 and 40, 3 trials each, 1 and 2 workers", device=False)
     sizes, real, workers, worker_trials = (
-        ([20, 60], 5, [1, 2], 4) if args.quick else ([100, 1000, 5000], 40, [1, 8, 32], 64)
+        ([20, 40], 3, [1, 2], 3) if args.quick else ([100, 1000, 5000], 40, [1, 8, 32], 64)
     )
     postgres = os.environ.get("FASHION_HPO_TEST_POSTGRES_URL", "")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -185,17 +185,25 @@ def main() -> None:
         for name, url in storages.items():
             print(f"{name}:")
             result[name] = size_sweep(data, url, sizes, real, runs)
+            save(args.output, result)  # each stage kept, should a later one fail
         growth = sampler_growth(storages["sqlite"], sorted({*sizes, *[s // 2 for s in sizes]}), 3 if args.quick else 7)
         result["sampler_growth"] = growth
+        save(args.output, result)
         for row in growth:
             print(
                 f"  sampler at {row['size']:>5}: tpe {row['tpe_s'] * 1e3:.1f} ms, random {row['random_s'] * 1e3:.1f} ms"
             )
     if postgres:
+        drop_database(postgres, storages["postgresql"])
         result["workers"] = worker_sweep(postgres, args.data_dir, workers, worker_trials, Path(tempfile.gettempdir()))
     result["overhead_ratio"] = {name: ratio(result[name]) for name in storages}  # type: ignore[arg-type]
     print(f"overhead at {sizes[-1]} / at {sizes[0]} trials: {result['overhead_ratio']} (goal <= 1.3)")
-    args.output.write_text(json.dumps(result, indent=2, default=str))
+    save(args.output, result)
+
+
+def save(output: Path, result: dict[str, object]) -> None:
+    """Write the results so far."""
+    output.write_text(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":
