@@ -290,7 +290,7 @@ def test_a_damaged_cache_is_decoded_again_and_replaced(archives: Path, tmp_path:
 @pytest.mark.slow  # a fresh interpreter importing torch
 def test_a_start_with_the_cache_does_not_import_torchvision(data_dir: Path, real_data: FashionData) -> None:
     script = (
-        "import sys; from pathlib import Path; from fashion_hpo.data.fashion import load_test_split; "
+        "import sys; from pathlib import Path; from fashion_hpo.data.splits import load_test_split; "
         f"test = load_test_split(Path({str(data_dir)!r})); print(len(test), 'torchvision' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
