@@ -45,7 +45,8 @@ def first_trials(folder: Path, workers: int, data_dir: Path) -> list[float]:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
     storage = f"sqlite:///{folder}/optuna.db"
     # Trials of a few seconds, two per process: each process starts its first before the others use up the budget.
-    flags = ["--n-trials", str(2 * workers), "--epochs", "2", "--max-train-samples", "10000", "--refit-epochs", "1"]
+    # No refit or registration: what is timed ends with the first trials.
+    flags = ["--n-trials", str(2 * workers), "--epochs", "2", "--max-train-samples", "10000", "--no-register"]
     command = [sys.executable, "-m", "fashion_hpo", "study", *flags, "--workers", str(workers), "--storage", storage]
     start = time.time()
     subprocess.run([*command, "--data-dir", str(data_dir)], cwd=folder, env=env, check=True, capture_output=True)
