@@ -75,15 +75,9 @@ def tracked_objective(
 
     @functools.wraps(tracked)
     def run_tagged_trial(trial: optuna.Trial) -> float | Sequence[float]:
-        # Tagged from its creation on, before the trial links to it: reconcile finds a run whose worker died between.
-        tags = {STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number), "model": settings.model}
-        tags[STATE_TAG] = RUNNING  # until the callback writes the trial's final state
-        retried = retried_trial_number(running_trial(trial))
-        if retried is not None:  # a retry of a trial whose worker died: the UI links the two
-            tags["retry_of_trial"] = str(retried)
         tracker.name_next_run(trial.number)
         try:
-            with run_context_tags(tags):
+            with run_context_tags(creation_tags(trial, settings)):
                 return tracked(trial)
         except Exception as err:
             if connection_lost(err):
@@ -96,6 +90,17 @@ def tracked_objective(
             raise
 
     return run_tagged_trial, tracker
+
+
+def creation_tags(trial: optuna.Trial, settings: RunSettings) -> dict[str, str]:
+    """The tags a trial's run gets from its creation on, before the trial links to it: reconcile finds a run whose
+    worker died between by them."""
+    tags = {STUDY_TAG: settings.study_name, TRIAL_NUMBER_TAG: str(trial.number), "model": settings.model}
+    tags[STATE_TAG] = RUNNING  # until the callback writes the trial's final state
+    retried = retried_trial_number(running_trial(trial))
+    if retried is not None:  # a retry of a trial whose worker died: the UI links the two
+        tags["retry_of_trial"] = str(retried)
+    return tags
 
 
 def give_up_on_tracking() -> None:
