@@ -152,7 +152,8 @@ def test_sigkilled_worker_trial_is_reclaimed_retried_and_its_runs_closed(
     tmp_path: Path, real_data_dir: Path, request: pytest.FixtureRequest, database: str
 ) -> None:
     storage = request.getfixturevalue("new_database")() if database == "postgresql" else f"sqlite:///{tmp_path}/o.db"
-    slow = ["--epochs", "4", "--max-train-samples", "3000", "--pruner", "none"]
+    # Epochs long enough (about a second each) that the test, polling every 0.3 s, finds a trial between epochs.
+    slow = ["--epochs", "4", "--max-train-samples", "20000", "--pruner", "none"]
     recovery = ["--heartbeat-interval", "1", "--grace-period", "3"]
     command = study_command(real_data_dir, storage, 6, *slow, *recovery)
     doomed = start([*command, "--run-name", "doomed"], tmp_path)

@@ -15,6 +15,7 @@ SQLITE_FULL = "database or disk is full"
 TRACKING, OPTUNA = "mlflow", "optuna"  # the package whose code was writing, found in the traceback
 # Loggers that print the traceback of a database error their code then raises.
 RERAISING_LOGGERS = ("mlflow.store.db.utils",)
+FAILED_TRIALS_LOGGER = "optuna.study._optimize"  # Optuna's line per failed trial, with the error's traceback
 
 
 class DiskFullRecords(logging.Filter):
@@ -26,12 +27,27 @@ class DiskFullRecords(logging.Filter):
         return err is None or not is_disk_full(err)
 
 
+class DiskFullTraceback(logging.Filter):
+    """Keeps the line of a trial that a full disk failed (Optuna logs it and goes on), without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record; drop its traceback when its exception is a full disk."""
+        err = record.exc_info[1] if record.exc_info else None
+        if err is not None and is_disk_full(err):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def quiet_disk_full_logs() -> None:
-    """Keep the loggers that re-raise what they log from printing a full disk's traceback (once per process)."""
+    """Keep the loggers that re-raise what they log from printing a full disk's traceback, and Optuna's line of a
+    trial it failed from printing one (once per process)."""
     for name in RERAISING_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DiskFullRecords) for f in logger.filters):
             logger.addFilter(DiskFullRecords())
+    trials = logging.getLogger(FAILED_TRIALS_LOGGER)
+    if not any(isinstance(f, DiskFullTraceback) for f in trials.filters):
+        trials.addFilter(DiskFullTraceback())
 
 
 def causes(err: BaseException) -> Iterator[BaseException]:
