@@ -35,7 +35,7 @@ def run_pruner(data: FashionData, pruner: str, size: tuple[int, int, int]) -> di
         study = open_study(settings)
         objective = make_objective(data, settings)
         start = time.monotonic()
-        run_search(study, objective, settings, show_progress_bar=False)
+        run_search(study, objective, settings)
         wall = time.monotonic() - start
         trials = study.get_trials(deepcopy=False)
         return {

@@ -205,7 +205,7 @@ def test_same_seed_gives_the_same_trials(tiny_data: FashionData, tmp_path: Path)
         )
         study = open_study(settings_)
         objective = make_objective(tiny_data, settings_)
-        run_search(study, objective, settings_, show_progress_bar=False)
+        run_search(study, objective, settings_)
         histories.append([(t.params, t.value) for t in study.trials])
     for (params_a, value_a), (params_b, value_b) in zip(*histories, strict=True):
         assert params_a == params_b

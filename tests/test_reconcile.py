@@ -98,9 +98,9 @@ def run_trials(
         if tracked:
             wrapped, tracker = tracked_objective(objective, settings)
             callbacks = [tracker] if closed else []
-            run_search(study, wrapped, settings, callbacks=callbacks, show_progress_bar=False)
+            run_search(study, wrapped, settings, callbacks=callbacks)
         else:
-            run_search(study, objective, settings, show_progress_bar=False)
+            run_search(study, objective, settings)
     return study, run_id
 
 

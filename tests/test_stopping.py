@@ -20,7 +20,7 @@ def replay(values: list[float], patience: int, min_delta: float, folder: Path) -
     settings = RunSettings(n_trials=len(values), timeout=0, storage=f"sqlite:///{folder}/o.db", baseline_trial=False)
     study = open_study(settings)
     plateau = Plateau(study, patience, min_delta)
-    run_search(study, lambda trial: values[trial.number], settings, [plateau], False, lambda: plateau.stopped)
+    run_search(study, lambda trial: values[trial.number], settings, [plateau], lambda: plateau.stopped)
     return len(study.trials)
 
 
@@ -40,7 +40,7 @@ def test_a_continued_study_counts_the_trials_it_already_has(tmp_path: Path) -> N
     study.optimize(lambda trial: [0.9, 0.5, 0.5][trial.number], n_trials=3)
     plateau = Plateau(study, patience=3, min_delta=0.0)
     assert (plateau.best, plateau.without_gain) == (0.9, 2)
-    run_search(study, lambda trial: 0.1, settings, [plateau], False, lambda: plateau.stopped)
+    run_search(study, lambda trial: 0.1, settings, [plateau], lambda: plateau.stopped)
     assert len(study.trials) == 4, "one more trial without a gain was enough"
 
 

@@ -35,8 +35,8 @@ def settings(tmp_path: Path, **changes: object) -> RunSettings:
 
 def test_the_study_stops_at_its_total_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     run = settings(tmp_path, n_trials=5)
-    run_search(open_study(run), uniform, run, show_progress_bar=False)
-    run_search(open_study(run), uniform, run, show_progress_bar=False)
+    run_search(open_study(run), uniform, run)
+    run_search(open_study(run), uniform, run)
     study = open_study(run)
     assert len(study.trials) == 5 and budget_left(study, 5) == 0
     with pytest.raises(StudyFull):
@@ -62,7 +62,7 @@ def test_tpe_models_the_results_after_startup_trials(tmp_path: Path) -> None:
     late_means = []
     for startup in (2, 20):
         run = settings(tmp_path, n_trials=20, startup_trials=startup, study_name=f"s{startup}", baseline_trial=False)
-        run_search(open_study(run), uniform, run, show_progress_bar=False)
+        run_search(open_study(run), uniform, run)
         late = [t.params["x"] for t in open_study(run).trials[4:]]
         late_means.append(sum(late) / len(late))
     modelled, random = late_means
@@ -79,7 +79,7 @@ def test_workers_with_the_same_seed_draw_different_params_and_one_worker_is_repr
     assert len(set(shared)) == 8
     alone = settings(tmp_path / "again", n_trials=8, sampler="random")
     (tmp_path / "again").mkdir()
-    run_search(open_study(alone), uniform, alone, show_progress_bar=False)
+    run_search(open_study(alone), uniform, alone)
     assert [t.params["x"] for t in open_study(alone).trials] == shared, "trial k draws the same, whoever runs it"
 
 
@@ -145,7 +145,7 @@ def test_plain_postgresql_urls_use_the_psycopg_driver_of_the_extra() -> None:
 
 def test_a_new_study_first_trains_the_baseline_once_and_can_skip_it(tmp_path: Path) -> None:
     run = settings(tmp_path, n_trials=3, model="cnn")
-    run_search(open_study(run), lambda trial: suggest_config(trial, "cnn").lr, run, show_progress_bar=False)
+    run_search(open_study(run), lambda trial: suggest_config(trial, "cnn").lr, run)
     trials = open_study(run).trials
     assert trials[0].params == BASELINE_PARAMS["cnn"] and trials[0].user_attrs == {BASELINE: True}
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3

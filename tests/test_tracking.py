@@ -78,7 +78,7 @@ def run_tracked_study(tiny_data: FashionData, tmp_path: Path) -> tuple[RunSettin
     with parent_run(settings) as run_id:
         inputs = search_inputs(tiny_data, settings)
         tracked, tracker = tracked_objective(objective, settings, functools.partial(log_inputs, inputs))
-        run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=False)
+        run_search(study, tracked, settings, callbacks=[tracker])
         log_study_summary(study, trial_counts(study), best_trial(study))
     return settings, run_id
 
@@ -314,7 +314,7 @@ def test_a_trial_that_cannot_create_its_run_stops_the_study(
     objective = make_objective(tiny_data, RunSettings(epochs=1, seed=0), report=log_epoch)
     tracked, tracker = tracked_objective(objective, settings)
     with pytest.raises(MlflowException) as lost:
-        run_search(study, tracked, settings, callbacks=[tracker], show_progress_bar=False)
+        run_search(study, tracked, settings, callbacks=[tracker])
     assert connection_lost(lost.value)
     assert [(t.state, t.user_attrs.get(INTERRUPTED)) for t in study.trials] == [(TrialState.FAIL, True)]
 

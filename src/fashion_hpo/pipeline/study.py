@@ -78,7 +78,7 @@ def search_here(study: optuna.Study, data: FashionData, settings: RunSettings) -
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what Optuna's would
     try:
         callbacks: list[Callback] = [tracker, progress, plateau]
-        run_search(study, tracked, settings, callbacks, show_progress_bar=False, stopped=lambda: plateau.stopped)
+        run_search(study, tracked, settings, callbacks, stopped=lambda: plateau.stopped)
     except KeyboardInterrupt:
         tracker.mark_interrupted()
         raise

@@ -19,7 +19,6 @@ def run_search(
     objective: Callable[[optuna.Trial], float | Sequence[float]],
     settings: RunSettings,
     callbacks: Sequence[Callback] = (),
-    show_progress_bar: bool = True,
     stopped: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run trials until the study has `n_trials` or this worker's `timeout` is up; a failing trial does not stop it.
@@ -32,12 +31,11 @@ def run_search(
         try:
             study.optimize(
                 objective,
-                n_trials=max(budget_left(study, settings.n_trials), 1),  # sizes the progress bar
+                n_trials=max(budget_left(study, settings.n_trials), 1),  # this round: what the budget has left
                 timeout=deadline - time.monotonic() if settings.timeout else None,
                 callbacks=list(callbacks),
                 catch=(Exception,),
-                # Drawn once: a later round (after a queued retry, which took no new place in the budget) is short.
-                show_progress_bar=show_progress_bar and not waiting.rounds,
+                show_progress_bar=False,  # the pipeline's own progress lines replace Optuna's bar
             )
         except StudyFull as full:
             if not waiting.keep_waiting(full.running):
