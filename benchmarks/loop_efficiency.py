@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from benchmark_args import device_label, parse_args, timed
 from torch.utils.flop_counter import FlopCounterMode
 
-from fashion_hpo.data.splits import Split, load_data
+from fashion_hpo.data.splits import Split, load_data, scaled
 from fashion_hpo.model.architectures import CNNConfig, MLPConfig, TrialConfig, build_model
 from fashion_hpo.training.loop import make_optimizer, train_epoch
 
@@ -46,7 +46,7 @@ def tight_loop_seconds(config: TrialConfig, split: Split, steps: int) -> float:
     """Seconds for `steps` forward/backward/step calls on one pre-made batch: the loop's ceiling."""
     model, images, labels = (
         build_model(config.model).to(split.images.device),
-        split.images[: config.batch_size],
+        scaled(split.images[: config.batch_size]),
         split.labels[: config.batch_size],
     )
     model.train()

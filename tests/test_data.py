@@ -25,7 +25,9 @@ from fashion_hpo.core.files import file_sha256
 from fashion_hpo.data import cache, files
 from fashion_hpo.data.files import check_raw_files, ensure_raw_files
 from fashion_hpo.data.raw import DEBIAN_DATASET_DIR, LOCK_NAME, RAW_FILES, STAMP_NAME, DataError, raw_dir, read_stamp
-from fashion_hpo.data.splits import FashionData, batches, load_data
+from fashion_hpo.data.splits import FashionData, Split, batches, load_data, scaled
+from fashion_hpo.model.architectures import MLPConfig, TrialConfig
+from fashion_hpo.training.loop import build_and_fit
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,8 @@ def test_raw_files_are_decompressed_from_the_debian_package(data_dir: Path) -> N
 def test_splits_are_50k_10k_10k_scaled_and_disjoint(real_data: FashionData) -> None:
     assert (len(real_data.train), len(real_data.val), len(real_data.test)) == (50_000, 10_000, 10_000)
     assert len(real_data.full_train) == 60_000
-    images = real_data.train.images
+    assert real_data.train.images.dtype == torch.uint8, "pixels are kept as bytes, scaled a batch at a time"
+    images = scaled(real_data.train.images)
     assert images.dtype == torch.float32 and images.shape[1:] == (1, 28, 28)
     assert images.min().item() >= 0.0 and images.max().item() <= 1.0
     assert abs(images.mean().item() - 0.2860) < 0.01, "FashionMNIST's pixel mean"
@@ -72,6 +75,23 @@ def test_batches_cover_the_split_once_per_epoch(real_data: FashionData) -> None:
     assert len(seen) == 1000
     assert torch.equal(seen.sort().values, split.labels.sort().values)
     assert not torch.equal(seen, split.labels), "shuffled"
+
+
+def test_pixels_kept_as_bytes_train_exactly_as_scaled_floats() -> None:
+    """Scaling a batch at a time changes no number: a model trained on uint8 pixels matches one trained on the same
+    images scaled up front, to the bit."""
+    generator = torch.Generator().manual_seed(0)
+    pixels = Split(
+        torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8, generator=generator), torch.arange(256) % 10
+    )
+    floats = Split(pixels.images.to(torch.float32) / 255.0, pixels.labels)
+    config = TrialConfig(MLPConfig((64,), (0.0,)), "Adam", 1e-3, 64, 0.0, 0.0)
+    runs = [build_and_fit(config, split, split, epochs=2, seed=1) for split in (pixels, floats)]
+    assert [r.val.loss for r in runs[0].history] == [r.val.loss for r in runs[1].history]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values(), strict=True)
+    )
 
 
 def test_missing_data_names_both_remedies(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from fashion_hpo.core.constants import (
 )
 from fashion_hpo.core.seeding import trial_seed
 from fashion_hpo.core.settings import REFIT_EPOCHS_FACTOR, RunSettings
-from fashion_hpo.data.splits import FashionData, Split, load_data
+from fashion_hpo.data.splits import FashionData, Split, load_data, scaled
 from fashion_hpo.model.architectures import ModelConfig
 from fashion_hpo.pipeline.guards import closing_link, stop_on_tracking_outage
 from fashion_hpo.pipeline.progress import RefitProgress
@@ -118,7 +118,7 @@ def register_best(
     mlflow.set_tag("refit_epochs", epochs)
     final = refit_and_test(splits, best, settings, epochs)
     card = replace(card, test_accuracy=final.test.accuracy)
-    info = log_model(final.model, final.architecture, splits.test.images[:4].cpu().numpy(), card)
+    info = log_model(final.model, final.architecture, scaled(splits.test.images[:4]).cpu().numpy(), card)
     log_test_results(final.test, final.confusion, info.model_id, test.dataset)
     version = register(info.model_uri, settings.registered_model_name, card, run_id)
     compare = functools.partial(paired_with, final.model, splits.test)
@@ -136,7 +136,7 @@ def paired_with(model: torch.nn.Module, test: Split, champion: ModelVersion) -> 
 
     new_right = (predict_logits(model, test.images).argmax(dim=1) == test.labels).cpu().numpy()
     loaded = mlflow.pyfunc.load_model(f"models:/{champion.name}/{champion.version}")
-    predicted = predict_frame(loaded, test.images.cpu().numpy())["class_index"].to_numpy()
+    predicted = predict_frame(loaded, scaled(test.images).cpu().numpy())["class_index"].to_numpy()
     return PairedComparison.of(new_right, predicted == test.labels.cpu().numpy())
 
 

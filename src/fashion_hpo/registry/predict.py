@@ -152,10 +152,10 @@ def print_predictions(predictions: list[Prediction], as_json: bool) -> None:
 
 def test_set_accuracy(model: Any, data_dir: Path, n: int) -> tuple[int, float]:
     """Accuracy of the model on the first n official test images (all when n exceeds 10,000)."""
-    from fashion_hpo.data.splits import load_test_split
+    from fashion_hpo.data.splits import load_test_split, scaled
 
     test = load_test_split(data_dir).head(n)
-    predicted = predict_frame(model, test.images.numpy())["class_index"].to_numpy()
+    predicted = predict_frame(model, scaled(test.images).numpy())["class_index"].to_numpy()
     return len(test), float((predicted == test.labels.numpy()).mean())
 
 

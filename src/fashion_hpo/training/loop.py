@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_hpo.data.splits import Split, batches
+from fashion_hpo.data.splits import Split, batches, scaled
 from fashion_hpo.model.architectures import TrialConfig, build_model
 from fashion_hpo.training.checkpoint import EpochCheckpoint, SavedEpoch, Trainer
 
@@ -89,7 +89,7 @@ def train_epoch(
 def predict_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Class scores for many images, computed in large batches."""
     model.eval()
-    return torch.cat([model(images[i : i + EVAL_BATCH_SIZE]) for i in range(0, len(images), EVAL_BATCH_SIZE)])
+    return torch.cat([model(scaled(images[i : i + EVAL_BATCH_SIZE])) for i in range(0, len(images), EVAL_BATCH_SIZE)])
 
 
 def evaluate(model: nn.Module, split: Split) -> Evaluation:
