@@ -1,4 +1,4 @@
-"""benchmarks/scale.py runs in its --quick form, so it cannot rot: what it reports, never a timing."""
+"""benchmarks/scale.py and gaps.py run in their --quick form, so they cannot rot: what they report, never a timing."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def test_scale_quick_run_splits_the_overhead_per_size_and_counts_the_workers_tri
         assert [(row["workers"], row["trials"]) for row in workers] == [(1, 3), (2, 3)], "the budget held exactly"
         assert all(row["peak_db_connections"] > 0 and row["tracking_requests"] > 0 for row in workers)
     assert "goal <= 1.3" in result.stdout
+
+
+@pytest.mark.slow
+def test_gaps_quick_run_compares_the_first_and_last_trials_gaps(real_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "gaps.json"
+    result = run_quick("gaps.py", real_data_dir, output)
+    report = json.loads(output.read_text())
+    assert report["n_trials"] == 30 and report["window"] == 10
+    assert report["median_gap_first_s"] > 0 and report["median_gap_last_s"] > 0
+    assert report["gap_ratio"] == pytest.approx(report["median_gap_last_s"] / report["median_gap_first_s"])
+    assert 0 < report["summary_s"] < 600 and "--sampler random" in report["command"]
+    assert "goal <= 1.3x" in result.stdout
