@@ -1,4 +1,4 @@
-"""Command line: `fashion-hpo study | register | predict | verify`."""
+"""Command line: `fashion-hpo study | register | predict | verify | storage-proxy`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from collections.abc import Callable, Sequence
 from fashion_hpo.cli.parser import build_parser, parse_args, settings_from_args
 from fashion_hpo.core.errors import UsageError
 from fashion_hpo.core.process import handle_interrupts, keep_freed_memory, signal_name, use_threads, wait_passively
+from fashion_hpo.core.proxy_settings import ProxySettings
 from fashion_hpo.core.settings import STUDY, RunSettings
+from fashion_hpo.core.urls import proxy_address, redact_url
 from fashion_hpo.core.use_settings import PredictSettings, VerifySettings
-from fashion_hpo.core.validation import threads_per_worker, validate
+from fashion_hpo.core.validation import check_storage, threads_per_worker, validate
 from fashion_hpo.tracking.disk import disk_full_line, quiet_disk_full_logs
 
 
@@ -61,6 +63,34 @@ def run_verify_command(settings: VerifySettings) -> int:
         raise UsageError("MODEL", str(err)) from err
 
 
+def run_proxy_command(settings: ProxySettings) -> int:
+    """`fashion-hpo storage-proxy`: serve the database to workers until Ctrl-C or SIGTERM."""
+    if proxy_address(settings.storage) is not None:
+        raise UsageError("--storage", "give the database the proxy serves, not a proxy")
+    check_storage(settings.storage)
+    import optuna
+    import sqlalchemy.exc
+
+    from fashion_hpo.search.study import storage_error
+    from fashion_hpo.storage.proxy_server import start_proxy
+
+    address = f"{settings.host}:{settings.port}"
+    try:
+        server = start_proxy(settings.storage, settings.host, settings.port, settings.threads)
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        raise storage_error(err, settings.storage) from None
+    except RuntimeError as err:  # gRPC's "Failed to bind to address"
+        raise UsageError("--port", f"cannot listen on {address}: {str(err).split(';')[0]}") from None
+    print(f"Storage proxy for {redact_url(settings.storage)}: workers take --storage grpc://{address}", flush=True)
+    try:
+        server.wait_for_termination()
+    except KeyboardInterrupt:
+        print("Storage proxy stopped.", file=sys.stderr)
+    finally:
+        server.stop(grace=None)
+    return 0
+
+
 def guarded(prog: str, run: Callable[[], int]) -> int:
     """Run a command with the stop signals handled: a user's mistake or an interrupt ends in one line."""
     wait_passively()
@@ -92,6 +122,8 @@ def run_parsed(command: str, args: argparse.Namespace) -> int:
         return run_search_command(command, settings)
     if isinstance(settings, PredictSettings):
         return run_predict_command(settings)
+    if isinstance(settings, ProxySettings):
+        return run_proxy_command(settings)
     return run_verify_command(settings)
 
 

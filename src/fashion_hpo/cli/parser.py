@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import Field, fields
 from typing import Any
 
+from fashion_hpo.core.proxy_settings import PROXY, ProxySettings
 from fashion_hpo.core.settings import (
     REGISTER,
     STUDY,
@@ -27,6 +28,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     REGISTER: (RunSettings, "register", "refit, test and register the best trial of an existing study"),
     PREDICT: (PredictSettings, "predict", "classify images with a registered model"),
     VERIFY: (VerifySettings, "verify", "check a registered model's files against the digests of its version"),
+    PROXY: (
+        ProxySettings,
+        "storage_proxy",
+        "serve the Optuna database to many workers from one process (Optuna's gRPC storage proxy)",
+    ),
 }
 
 
@@ -96,7 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     """The settings object of the parsed command (defaults for the fields that command does not take)."""
     cls = COMMANDS[args.command][0]
     values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-    if cls is RunSettings:
+    if cls in (RunSettings, ProxySettings):
         values["storage"] = values.get("storage") or storage_from_environment()  # MLproject passes '' for none
     return cls(**values)
 

@@ -100,7 +100,7 @@ def parameters_markdown() -> str:
     for command, (_, point, help_text) in COMMANDS.items():
         lines += [
             "",
-            f"## `fashion-hpo {command}` (entry point `{point}`)",
+            f"## `fashion-hpo {command}`" + (f" (entry point `{point}`)" if mlproject_fields(command) else ""),
             "",
             f"{help_text[0].upper()}{help_text[1:]}.",
         ]

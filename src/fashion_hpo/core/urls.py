@@ -23,3 +23,22 @@ def sqlite_file(url: str) -> str | None:
         return None
     database = sqlalchemy.engine.make_url(url).database
     return database if database and database != ":memory:" else None
+
+
+PROXY_SCHEME = "grpc"
+
+
+def proxy_address(url: str) -> tuple[str, int] | None:
+    """The host and port of a storage proxy's URL (`grpc://HOST:PORT`); None for a database URL.
+
+    Raises ValueError for a `grpc://` URL without a host or a port."""
+    parts = urlsplit(url)
+    if parts.scheme != PROXY_SCHEME:
+        return None
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number
+        port = None
+    if not parts.hostname or port is None or parts.path.strip("/") or parts.query:
+        raise ValueError(f"a storage proxy's URL is {PROXY_SCHEME}://HOST:PORT, not {url!r}")
+    return parts.hostname, port

@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from fashion_hpo.core.constants import OBJECTIVE_DIRECTIONS, OPTIMIZED_METRIC
 from fashion_hpo.core.errors import UsageError
 from fashion_hpo.core.settings import DEFAULT_STORAGE, STORAGE_ENV, RunSettings
-from fashion_hpo.core.urls import redact_url, sqlite_file
+from fashion_hpo.core.urls import proxy_address, redact_url, sqlite_file
 
 if TYPE_CHECKING:
     import torch
@@ -24,9 +24,16 @@ def check_storage(url: str, source: str = "--storage") -> None:
     """Reject storage URLs that SQLAlchemy cannot parse or whose database kind Optuna cannot use; `source` names
     where the URL came from."""
     try:
+        if proxy_address(url) is not None:  # `fashion-hpo storage-proxy` in front of the database
+            return
+    except ValueError as err:
+        raise UsageError(source, str(err)) from None
+    try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise UsageError(source, f"not a database URL: {redact_url(url)!r} (e.g. {DEFAULT_STORAGE})") from None
+        raise UsageError(
+            source, f"not a database URL: {redact_url(url)!r} (e.g. {DEFAULT_STORAGE}, or grpc://HOST:PORT for a proxy)"
+        ) from None
     if parsed.get_backend_name() not in STORAGE_DIALECTS:
         raise UsageError(
             source,

@@ -16,7 +16,8 @@ from fashion_hpo.core.settings import RunSettings, flag_of
 from fashion_hpo.core.urls import redact_url
 from fashion_hpo.search.samplers import TrialSeededSampler, make_pruner
 from fashion_hpo.search.space import BASELINE_PARAMS
-from fashion_hpo.storage.rdb import BudgetedStorage, StaleTrialCallback, engine_url
+from fashion_hpo.storage.proxy import budgeted_storage, plain_storage
+from fashion_hpo.storage.rdb import StaleTrialCallback
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -24,6 +25,8 @@ Callback = Callable[[optuna.Study, FrozenTrial], None]
 # the seed that draws the train/validation split. A continued study keeps them; its budget, sampler and pruner may
 # change. (`--max-train-samples auto` is stored as the number it stands for.)
 TRIAL_SETUP = ("model", "epochs", "max_train_samples", "seed")
+# What opening a study raises when its storage cannot be used (ConnectionError: no storage proxy answered).
+STORAGE_ERRORS = (ImportError, ConnectionError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
 def storage_error(err: Exception, url: str) -> UsageError:
@@ -46,7 +49,7 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
     `on_stale` is called for each trial whose worker stopped sending heartbeats, after Optuna marked it FAIL."""
     objectives = settings.objective_names
     try:
-        storage = BudgetedStorage(
+        storage = budgeted_storage(
             settings.storage, settings.n_trials, settings.heartbeat_interval, settings.grace_period, on_stale
         )
         study = optuna.create_study(
@@ -58,7 +61,7 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
             directions=[OBJECTIVE_DIRECTIONS[name] for name in objectives],
             load_if_exists=True,
         )
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+    except STORAGE_ERRORS as err:
         raise storage_error(err, settings.storage) from None
     check_compatible(study, settings)
     with experimental_features():
@@ -117,8 +120,8 @@ def with_study_setup(settings: RunSettings, study: optuna.Study) -> RunSettings:
 def load_existing_study(settings: RunSettings) -> optuna.Study:
     """The study named in the settings, which must already exist in the storage."""
     try:
-        return optuna.load_study(study_name=settings.study_name, storage=engine_url(settings.storage))
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        return optuna.load_study(study_name=settings.study_name, storage=plain_storage(settings.storage))
+    except STORAGE_ERRORS as err:
         raise storage_error(err, settings.storage) from None
     except KeyError:
         raise UsageError(

@@ -17,7 +17,7 @@ from fashion_hpo.core.errors import UsageError
 from fashion_hpo.core.settings import RunSettings
 from fashion_hpo.model.architectures import build_model
 from fashion_hpo.search.space import config_from_params
-from fashion_hpo.storage.rdb import engine_url
+from fashion_hpo.storage.proxy import plain_storage
 from fashion_hpo.training.costs import count_params
 
 # The study user attribute (and the study run's tag) naming where a study started from; set once, so a rerun of
@@ -38,7 +38,7 @@ class Candidate:
 def from_study(name: str, settings: RunSettings) -> list[Candidate]:
     """The source study's best complete trials, best first, at most --warm-start-trials of them."""
     try:
-        source = optuna.load_study(study_name=name, storage=engine_url(settings.storage))
+        source = optuna.load_study(study_name=name, storage=plain_storage(settings.storage))
     except KeyError:
         raise UsageError("--warm-start-from", f"no study {name!r} in this --storage to start from") from None
     reverse = source.direction == optuna.study.StudyDirection.MAXIMIZE if len(source.directions) == 1 else True

@@ -19,8 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 from fashion_hpo.core.constants import INTERRUPTED
 from fashion_hpo.core.process import raised_from
 from fashion_hpo.core.quiet import experimental_features
-from fashion_hpo.core.urls import sqlite_file
+from fashion_hpo.core.urls import proxy_address, sqlite_file
 from fashion_hpo.storage.budget import BUDGET_STATES, count_budget
+from fashion_hpo.storage.grpc_calls import proxy_lock
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 # How often a trial whose worker died is run again before it stays failed.
@@ -190,7 +191,9 @@ def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> AbstractConte
 
 def study_lock(url: str, study_name: str, purpose: str) -> AbstractContextManager[None]:
     """A lock named after a study and a purpose that every worker on the storage at `url` shares."""
-    return named_lock(lock_engine(url), f"fashion-hpo-{purpose}-{study_name}")
+    name, address = f"fashion-hpo-{purpose}-{study_name}", proxy_address(url)
+    # Behind `fashion-hpo storage-proxy` a worker reaches no database: the proxy holds the lock for it.
+    return proxy_lock(address, name) if address else named_lock(lock_engine(url), name)
 
 
 @functools.cache
