@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
+
+from report_search import pareto, quality, race
 
 HERE = Path(__file__).resolve().parent
 PAGE = HERE.parent / "docs" / "benchmarks.md"
@@ -103,9 +104,6 @@ def refit_augmentation(r: dict) -> str:
     return f"cnn baseline, {r['epochs']} epochs on 50,000 images, scored on validation — {'; '.join(parts)}"
 
 
-DATA_DIR = re.compile(r" -P data_dir=\S+")  # a path of the machine that measured, not part of the command
-
-
 def refit_length(r: dict) -> str:
     """The refit-length cell: each baseline's validation accuracy after each schedule, and its best epoch."""
     parts = []
@@ -137,43 +135,6 @@ def cost_measurement(r: dict) -> str:
     return "parameters, FLOPs and CPU latency of a trained trial's model: " + "; ".join(parts)
 
 
-def quality(r: dict) -> str:
-    """Benchmark 5's cell."""
-    trials = r["trials"]
-    refit = f", refit {r['refit_epochs']} epochs on 60,000 images" if "refit_epochs" in r else ""
-    return (
-        f"`{DATA_DIR.sub('', r['command'])}`: {trials['finished']} trials ({trials['complete']} "
-        f"complete, {trials['pruned']} pruned, {trials['failed']} failed) in {r['wall_s'] / 60:.0f} min; best trial "
-        f"#{r['best_trial']} val {r['best_val_accuracy']:.4f}{baseline(r)}{refit}; registered model test accuracy "
-        f"**{r['test_accuracy']:.4f}**" + cost(r) + time_to_quality(r)
-    )
-
-
-def baseline(r: dict) -> str:
-    """The baseline trial's validation accuracy when another trial beat it (older results lack it)."""
-    value = r.get("baseline_val_accuracy")
-    if value is None or value == r["best_val_accuracy"]:
-        return ""
-    return f" (baseline trial val {value:.4f})"
-
-
-def time_to_quality(r: dict) -> str:
-    """When the study's best validation accuracy first reached the model's quality line (older results lack it)."""
-    if "time_to_quality" not in r:
-        return ""
-    reached = r["time_to_quality"]
-    when = "never" if reached["seconds"] is None else f"after **{reached['seconds'] / 60:.1f} min**"
-    return f"; best val ≥ {reached['val_accuracy']} {when}"
-
-
-def pareto(r: dict) -> str:
-    """A multi-objective quality run's cell: the run, then its Pareto front (accuracy against the other objective)."""
-    other = next(name for name in r["pareto_front"][0] if name not in ("trial", "val_accuracy"))
-    unit = " ms" if other == "latency_ms" else " params"
-    front = ", ".join(f"#{t['trial']} {t['val_accuracy']:.4f} @ {t[other]:.3g}{unit}" for t in r["pareto_front"])
-    return f"{quality(r)}. Front (val accuracy @ {other}): {front}"
-
-
 def champion_load(r: dict) -> str:
     """The champion-load benchmark's cell."""
     loads = r["load_s"]
@@ -196,13 +157,6 @@ def startup(r: dict) -> str:
         f"splits cache → **{', '.join(f'{s:.1f}' for s in rows[f'workers {workers}, cache'])} s** with it"
         for workers in (1, 2)
     )
-
-
-def cost(r: dict) -> str:
-    """The registered model's size and CPU latency (older results lack them)."""
-    if "n_params" not in r:
-        return ""
-    return f", {r['n_params']:,} parameters, {r['latency_ms']:.3f} ms per image on the CPU"
 
 
 # (benchmark, script, how its JSON becomes a cell, goal)
@@ -254,6 +208,12 @@ ROWS: list[tuple[str, str, Callable[[dict], str], str]] = [
         "time to 0.90 next to the 5 MLP row (median)",
     ),
     ("accuracy vs cost, MLP ≤ 100k params", "quality.py --max-params 100000", quality, "next to the 5 MLP row"),
+    (
+        "race: the peers on one budget, MLP",
+        "race.py",
+        race,
+        "fashion-hpo ahead of Ray Tune + ASHA, the seed loop and random search: test accuracy, time to 0.90",
+    ),
     (
         "accuracy vs cost, CNN front 30 min, all 50,000 images",
         "quality.py --model cnn --timeout 1800 --objectives val_accuracy,latency_ms --max-train-samples 0",

@@ -14,4 +14,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch/torchvision resolve to the releases pip finds in the local cache where there is one.
-.venv/bin/python -m pip install -q -e ".[dev,postgres,server]"
+.venv/bin/python -m pip install -q -e ".[dev,postgres,server,race]"
