@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 import fashion_hpo.storage.proxy
 from fashion_hpo.core.errors import UsageError
 from fashion_hpo.core.validation import check_storage
-from fashion_hpo.storage.proxy import ProxyStorage
+from fashion_hpo.storage.proxy import ProxyStorage, proxy_lost_line
 from fashion_hpo.storage.proxy_server import start_proxy
 from fashion_hpo.storage.rdb import StudyFull, study_lock
 from tests.conftest import free_port, subprocess_env, temporary_tracking
@@ -102,6 +103,27 @@ def test_proxy_urls_are_checked_like_database_urls(proxy: tuple[str, int], monke
             check_storage(wrong)
     with pytest.raises(ConnectionError, match="no storage proxy answered"):
         ProxyStorage(("127.0.0.1", free_port()), 1, 1, 2, None)
+
+
+def test_a_lost_proxy_skips_heartbeats_and_ends_the_worker_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_proxy(f"sqlite:///{tmp_path}/optuna.db", "127.0.0.1", port, threads=2)
+    storage = client(("127.0.0.1", port), 10)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    server.stop(grace=None).wait()
+    storage.record_heartbeat(trial._trial_id)  # skipped: an error would end Optuna's heartbeat thread
+    with pytest.raises(grpc.RpcError) as lost:
+        study.ask()
+    try:
+        try:
+            raise lost.value
+        except grpc.RpcError:
+            raise UnboundLocalError("as Optuna's _run_trial raises from its `finally` when the proxy is gone") from None
+    except UnboundLocalError as masked:
+        line = proxy_lost_line(masked)
+    assert line is not None and line.startswith("lost the storage proxy (") and "rerun the same command" in line
+    assert proxy_lost_line(ValueError("any other error")) is None
 
 
 def start_proxy_process(storage: str, work: Path) -> tuple[subprocess.Popen[str], str]:

@@ -108,7 +108,9 @@ def guarded(prog: str, run: Callable[[], int]) -> int:
         sys.stderr.flush()
         return 128 + signum
     except Exception as err:
-        line = disk_full_line(err)
+        from fashion_hpo.storage.proxy import proxy_lost_line  # deferred: grpc loads only when something failed
+
+        line = disk_full_line(err) or proxy_lost_line(err)
         if line is None:
             raise
         print(f"{prog}: error: {line}", file=sys.stderr)

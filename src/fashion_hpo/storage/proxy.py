@@ -12,6 +12,7 @@ with the study-wide budget and heartbeats, which Optuna's proxy lacks, carried b
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import grpc
@@ -20,6 +21,7 @@ from optuna.storages import BaseStorage, GrpcStorageProxy
 from optuna.storages._heartbeat import BaseHeartbeat  # public as Optuna's documented base of heartbeat storages
 from optuna.trial import FrozenTrial
 
+from fashion_hpo.core.process import raised_from
 from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.core.urls import proxy_address
 from fashion_hpo.storage.grpc_calls import CREATE_TRIAL, RECORD_HEARTBEAT, STALE_TRIALS, STUDY_FULL, unary_call
@@ -66,8 +68,13 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         return int(reply["trial_id"])
 
     def record_heartbeat(self, trial_id: int) -> None:
-        """A running trial's heartbeat, recorded in the database by the proxy."""
-        self.calls[RECORD_HEARTBEAT]({"trial_id": trial_id})
+        """A running trial's heartbeat, recorded in the database by the proxy. A beat the proxy does not take is
+        skipped, not raised: an error would end Optuna's heartbeat thread, and the trial, still running, would be
+        reclaimed as a dead worker's; the next beat tries again."""
+        try:
+            self.calls[RECORD_HEARTBEAT]({"trial_id": trial_id})
+        except grpc.RpcError as err:
+            logging.getLogger(__name__).warning("Heartbeat of trial id %d not recorded: %s", trial_id, err.details())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """The study's running trials whose heartbeats stopped for this worker's grace period (asked of the proxy)."""
@@ -105,3 +112,21 @@ def plain_storage(url: str) -> str | BaseStorage:
         return engine_url(url)
     with experimental_features():
         return GrpcStorageProxy(host=address[0], port=address[1])
+
+
+def proxy_lost_line(err: BaseException) -> str | None:
+    """One line for a worker that lost its storage proxy (gRPC's UNAVAILABLE anywhere in how `err` came about); None
+    for any other error."""
+    lost: list[grpc.RpcError] = []
+
+    def unavailable(cause: BaseException) -> bool:
+        if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAVAILABLE:
+            lost.append(cause)
+        return bool(lost)
+
+    if not raised_from(err, unavailable):
+        return None
+    return (
+        f"lost the storage proxy ({lost[0].details()}); start `fashion-hpo storage-proxy` again and rerun the same "
+        "command: the study continues, and the trials this worker was running are retried after --grace-period"
+    )
