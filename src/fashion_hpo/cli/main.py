@@ -14,6 +14,7 @@ from fashion_hpo.core.settings import STUDY, RunSettings
 from fashion_hpo.core.urls import proxy_address, redact_url
 from fashion_hpo.core.use_settings import PredictSettings, VerifySettings
 from fashion_hpo.core.validation import check_storage, threads_per_worker, validate
+from fashion_hpo.storage.outage import StorageLost
 from fashion_hpo.tracking.disk import disk_full_line, quiet_disk_full_logs
 
 
@@ -100,6 +101,9 @@ def guarded(prog: str, run: Callable[[], int]) -> int:
         return run()
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except StorageLost as lost:  # the storage's database stayed away through --storage-outage-timeout
+        print(f"{prog}: error: {lost}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         signum = signal_name(interrupt)

@@ -211,6 +211,12 @@ class RunSettings:
         "retried",
         parse=count(1),
     )
+    storage_outage_timeout: int = setting(
+        300,
+        "seconds a worker waits for the --storage database through an outage (a restart, a failover) before it "
+        "stops; its running trial is retried when the command is rerun",
+        parse=count(0),
+    )
     run_name: str = setting("", "MLflow name of this invocation's run; empty = the study name", mlproject=False)
     parent_run_id: str = setting(
         "", "nest this invocation's MLflow run under this run (--workers does so for its workers)", mlproject=False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -11,6 +12,7 @@ from fashion_hpo.core.settings import (
     RunSettings,
 )
 from fashion_hpo.search.study import Callback
+from fashion_hpo.storage.outage import TrialReclaimed
 from fashion_hpo.storage.rdb import StudyFull, budget_used
 
 
@@ -41,6 +43,8 @@ def run_search(
             if not waiting.keep_waiting(full.running):
                 return
             time.sleep(min(settings.heartbeat_interval, max(deadline - time.monotonic(), 0)))
+        except TrialReclaimed as reclaimed:  # the retry another worker queued counts instead: on to the next trial
+            logging.getLogger(__name__).warning("%s", reclaimed)
         waiting.rounds += 1
 
 

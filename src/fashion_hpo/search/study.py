@@ -18,6 +18,7 @@ from fashion_hpo.search.samplers import TrialSeededSampler, make_pruner
 from fashion_hpo.search.space import BASELINE_PARAMS
 from fashion_hpo.storage.proxy import budgeted_storage, plain_storage
 from fashion_hpo.storage.rdb import StaleTrialCallback
+from fashion_hpo.storage.resilient import run_trials_here
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -52,6 +53,7 @@ def open_study(settings: RunSettings, on_stale: StaleTrialCallback | None = None
         storage = budgeted_storage(
             settings.storage, settings.n_trials, settings.heartbeat_interval, settings.grace_period, on_stale
         )
+        run_trials_here(storage, settings.storage_outage_timeout)
         study = optuna.create_study(
             study_name=settings.study_name,
             storage=storage,

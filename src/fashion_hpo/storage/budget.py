@@ -1,10 +1,11 @@
 """The study-wide trial budget counted in the database: a few aggregate queries, whatever the study's size.
 
-The one module that reads Optuna's RDB tables directly (optuna.storages._rdb.models, private). PRIVATE CONTRACT:
-the `trials` table has `study_id`, `number` and `state` (an Enum of TrialState); `trial_user_attributes` and
-`trial_system_attributes` have `trial_id`, `key` and `value_json` (the attribute's value as JSON); Optuna's
-RetryHeartbeatStaleTrialCallback records the trials a retry replaces in the system attribute `retry_history`.
-tests/test_storage.py::test_the_budget_counted_in_sql_is_the_one_counted_from_the_trials fails if it changes."""
+With tokens.py, the one module that reads Optuna's RDB tables directly (optuna.storages._rdb.models, private).
+PRIVATE CONTRACT: the `trials` table has `study_id`, `number` and `state` (an Enum of TrialState);
+`trial_user_attributes` and `trial_system_attributes` have `trial_id`, `key` and `value_json` (the attribute's value
+as JSON); Optuna's RetryHeartbeatStaleTrialCallback records the trials a retry replaces in the system attribute
+`retry_history`. tests/test_storage.py::test_the_budget_counted_in_sql_is_the_one_counted_from_the_trials fails if it
+changes."""
 
 from __future__ import annotations
 

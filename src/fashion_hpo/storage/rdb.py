@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import functools
-import logging
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import ParamSpec, TypeVar
 
 import filelock
 import optuna
 import sqlalchemy
-import tenacity
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from fashion_hpo.core.constants import INTERRUPTED
-from fashion_hpo.core.process import raised_from
 from fashion_hpo.core.quiet import experimental_features
 from fashion_hpo.core.urls import proxy_address, sqlite_file
-from fashion_hpo.storage.budget import BUDGET_STATES, count_budget
+from fashion_hpo.storage.budget import BUDGET_STATES, RETRY_HISTORY, count_budget
 from fashion_hpo.storage.grpc_calls import proxy_lock
+from fashion_hpo.storage.outage import CONNECT_TIMEOUT_S, database_connection_lost
+from fashion_hpo.storage.resilient import PLAIN, TRIAL_WRITES, ResilientStorage
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 # How often a trial whose worker died is run again before it stays failed.
@@ -75,55 +73,9 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-# How often a storage operation cut off by a database restart runs again, and the pause before each new attempt
-# (0.5 s doubling, at most 5 s): about a minute in all, where PostgreSQL's fast restart takes seconds.
-RECONNECT_ATTEMPTS = 15
-RECONNECT_MAX_PAUSE_S = 5.0
-
-
-def database_connection_lost(err: BaseException) -> bool:
-    """Whether `err`, or an error it was raised from, is the database dropping or refusing a connection (as in a
-    restart): SQLAlchemy's OperationalError, or a disconnect it detected; Optuna wraps them in StorageInternalError."""
-    return raised_from(
-        err,
-        lambda cause: (
-            isinstance(cause, sqlalchemy.exc.OperationalError)
-            or (isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated)
-        ),
-    )
-
-
-def log_reconnect(attempt: tenacity.RetryCallState) -> None:
-    """One warning per retry of a storage operation the database cut off."""
-    logging.getLogger(__name__).warning(
-        "Lost the storage's database connection in %s (attempt %d of %d); retrying in %.1f s",
-        getattr(attempt.fn, "__name__", "a storage call"),
-        attempt.attempt_number,
-        RECONNECT_ATTEMPTS,
-        attempt.upcoming_sleep,
-    )
-
-
-def reconnecting(operation: Callable[P, R]) -> Callable[P, R]:
-    """`operation` run again, up to RECONNECT_ATTEMPTS times, while the database drops or refuses connections.
-
-    Each storage operation is one transaction, and a transaction that a restart cut off was rolled back by the
-    server: running it again neither loses nor doubles a write. The engine's pool_pre_ping replaces the pooled
-    connections that the restart killed."""
-    retry = tenacity.retry(
-        retry=tenacity.retry_if_exception(database_connection_lost),
-        stop=tenacity.stop_after_attempt(RECONNECT_ATTEMPTS),
-        wait=tenacity.wait_exponential(multiplier=0.5, max=RECONNECT_MAX_PAUSE_S),
-        before_sleep=log_reconnect,
-        reraise=True,
-    )
-    return functools.wraps(operation)(retry(operation))
-
-
-class BudgetedStorage(optuna.storages.RDBStorage):
-    """An RDB storage that refuses to create a trial beyond the study-wide `max_trials`.
+class BudgetedStorage(ResilientStorage):
+    """An RDB storage that refuses to create a trial beyond the study-wide `max_trials`, and creates one retry per
+    failed trial (whichever workers failed it, however often a lost acknowledgement made them retry).
 
     Counting and creating happen under a lock held across processes and machines, so concurrent workers never
     overshoot (Optuna's MaxTrialsCallback checks only after a trial ends, so workers finishing together overshoot).
@@ -137,51 +89,52 @@ class BudgetedStorage(optuna.storages.RDBStorage):
         with experimental_features(), named_lock(lock_engine(url), "fashion-hpo-create-tables"):
             super().__init__(
                 engine_url(url),
+                name=url,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=on_stale,
-                # A pooled connection that a database restart killed is replaced when next checked out.
-                engine_kwargs={"pool_pre_ping": True},
+                engine_kwargs=engine_kwargs(url),
             )
         self.max_trials = max_trials
 
-    # Optuna's cache in front of an RDBStorage calls this private method, not `create_new_trial`.
-    @reconnecting
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        """Create a trial if the budget allows; a template (an enqueued retry) replaces a trial and always may."""
-        if template_trial is not None:
-            return super()._create_new_trial(study_id, template_trial)
+    def create_checked(self, study_id: int, template: FrozenTrial, fresh: bool) -> FrozenTrial:
+        """Create a trial if the budget allows; an enqueued trial replaces one and always may, once per failed trial
+        it retries."""
+        history = template.system_attrs.get(RETRY_HISTORY)
+        if not fresh and history is None:
+            return super().create_checked(study_id, template, fresh)
         with trial_lock(self.engine, study_id):
+            if history is not None:
+                found = self.trial_id_with(study_id, RETRY_HISTORY, history)
+                return super().create_checked(study_id, template, fresh) if found is None else self.get_trial(found)
             with self.engine.connect() as conn:  # counted, not read: the same few rows at any study size
                 budget = count_budget(conn, study_id)
             if budget.used >= self.max_trials:
                 raise StudyFull(budget.running)
-            return super()._create_new_trial(study_id)
+            return super().create_checked(study_id, template, fresh)
+
+
+def engine_kwargs(url: str) -> dict[str, object]:
+    """The storage engine's options: a pooled connection that a database restart killed is replaced when next
+    checked out; PostgreSQL's connect gives up after CONNECT_TIMEOUT_S (a host that drops packets)."""
+    options: dict[str, object] = {"pool_pre_ping": True}
+    if sqlalchemy.engine.make_url(engine_url(url)).drivername.startswith("postgresql"):
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return options
 
 
 # The storage operations that a worker runs while its trials run, as Optuna's cache in front of the storage and
 # Optuna's heartbeat thread call them (private names included; tests/test_restarts.py fails when Optuna's cache
-# calls another): each is retried through a database restart. Opening a study is not, so that a wrong or
+# calls another): each rides out an outage (ResilientStorage). Opening a study does not, so that a wrong or
 # unreachable --storage fails at once.
 RECONNECTING = (
-    "_get_trials",
-    "_set_trial_param",
-    "_get_best_trial_id",
+    *PLAIN,
+    *TRIAL_WRITES,
     "_get_stale_trial_ids",
     "record_heartbeat",
     "get_trial",
-    "get_trial_id_from_study_id_trial_number",
-    "set_trial_intermediate_value",
     "set_trial_state_values",
-    "set_trial_system_attr",
-    "set_trial_user_attr",
-    "get_study_directions",
-    "get_study_user_attrs",
-    "get_study_system_attrs",
-    "set_study_user_attr",
 )
-for _name in RECONNECTING:
-    setattr(BudgetedStorage, _name, reconnecting(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def trial_lock(engine: sqlalchemy.engine.Engine, study_id: int) -> AbstractContextManager[None]:
