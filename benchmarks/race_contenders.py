@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ def optuna_records(study: optuna.Study) -> list[dict]:
             t.params,
             t.value if t.value is not None else max(t.intermediate_values.values(), default=0.0),
             len(t.intermediate_values),
-            t.datetime_complete.timestamp() if t.datetime_complete else time.time(),
+            t.datetime_complete.timestamp(),  # set on every finished trial
             t.state == TrialState.COMPLETE,
         )
         for t in finished
