@@ -121,6 +121,8 @@ def test_register_job_registers_the_workers_study() -> None:
     register_job = named("Job", "fashion-hpo-register")
     register = parse_args(build_parser(), cli_args(register_job, "register"))
     assert register.command == "register"
+    limits = container(register_job, "register")["resources"]["limits"]
+    assert register.threads == int(limits["cpu"]), "the refit's --threads must be the CPU limit"
     for setting in ("study_name", "registered_model_name", "seed", "model"):
         assert getattr(register, setting) == getattr(workers, setting), f"register's {setting} is the workers'"
     wait = container(register_job, "wait-for-workers")["args"]

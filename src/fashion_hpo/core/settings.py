@@ -203,7 +203,7 @@ class RunSettings:
         "worker processes on this machine searching the study together; needs a storage file or server",
         parse=count(1),
     )
-    threads: int = setting(0, "torch threads per worker; 0 = this machine's cores / --workers", parse=count(0))
+    threads: int = setting(0, "torch threads per process; 0 = the cores / --workers", parse=count(0), commands=ALL)
     heartbeat_interval: int = setting(10, "seconds between a running trial's heartbeats in the storage", parse=count(1))
     grace_period: int = setting(
         60,
