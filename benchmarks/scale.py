@@ -6,7 +6,7 @@ constant), pre-filled with synthetic finished trials (each linked to a closed ML
 size, then timed over real trials: per trial, from one objective's start to the next, less training, split into
 sampler, storage, tracking and the rest. TPE's own cost (ask + the search space's suggestions, nothing stored) is
 timed on copies of the same trials. Workers: `fashion-hpo study --workers N` on PostgreSQL + `mlflow server` on
-loopback (scale_workers.py). Writes a JSON file next to this script.
+loopback, straight and through `fashion-hpo storage-proxy` (scale_workers.py). Writes a JSON file next to this script.
 """
 
 from __future__ import annotations
@@ -167,9 +167,9 @@ def ratio(rows: list[dict[str, float]]) -> float:
 
 def main() -> None:
     """Sizes on SQLite and PostgreSQL, TPE's growth, then 1, 8 and 32 workers; writes the JSON."""
-    args = parse_args(__doc__, __file__, "sizes 20 and 40, 3 trials each, 1 and 2 workers", device=False)
+    args = parse_args(__doc__, __file__, "sizes 20 and 40, 3 trials each, 2 workers", device=False)
     sizes, real, workers, worker_trials = (
-        ([20, 40], 3, [1, 2], 3) if args.quick else ([100, 1000, 5000], 40, [1, 8, 32], 64)
+        ([20, 40], 3, [2], 3) if args.quick else ([100, 1000, 5000], 40, [1, 8, 32], 64)
     )
     postgres = os.environ.get("FASHION_HPO_TEST_POSTGRES_URL", "")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

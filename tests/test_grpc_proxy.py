@@ -3,7 +3,6 @@ named locks held through it, and real workers finishing a PostgreSQL study throu
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,6 @@ from fashion_hpo.storage.proxy import ProxyStorage, proxy_lost_line
 from fashion_hpo.storage.proxy_server import start_proxy
 from fashion_hpo.storage.rdb import StudyFull, study_lock
 from tests.conftest import free_port, subprocess_env, temporary_tracking
-from tests.test_benchmarks import run_quick
 from tests.test_scale_out import COUNTED, assert_one_run_per_trial, finish, kill_mid_trial, start, study_command
 
 # ask() outside optimize() on a storage with heartbeats: Optuna warns, as these tests mean it.
@@ -167,13 +165,3 @@ def test_workers_through_the_proxy_finish_a_postgres_study_exactly_and_reclaim_a
     assert trials[killed.number].state == TrialState.FAIL and killed_run.info.status == "FAILED"
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed.number)
     assert retry.params == trials[killed.number].params and retry.state in COUNTED
-
-
-@pytest.mark.slow
-def test_proxy_connections_quick_run_counts_both_ways(postgres_url: str, real_data_dir: Path, tmp_path: Path) -> None:
-    """Slow (about a minute): benchmarks/proxy_connections.py --quick, so that it cannot rot (counts, never a time)."""
-    output = tmp_path / "connections.json"
-    run_quick("proxy_connections.py", real_data_dir, output)
-    runs = json.loads(output.read_text())["runs"]
-    assert [(run["workers"], run["via"], run["trials"]) for run in runs] == [(2, "database", 4), (2, "proxy", 4)]
-    assert all(run["peak_db_connections"] > 0 for run in runs)

@@ -32,7 +32,10 @@ def test_scale_quick_run_splits_the_overhead_per_size_and_counts_the_workers_tri
     assert {row["size"] for row in report["sampler_growth"]} == {10, 20, 40}
     if os.environ.get(POSTGRES_URL_VARIABLE):
         workers = report["workers"]
-        assert [(row["workers"], row["trials"]) for row in workers] == [(1, 3), (2, 3)], "the budget held exactly"
+        assert [(row["workers"], row["via"], row["trials"]) for row in workers] == [
+            (2, "database", 3),
+            (2, "proxy", 3),
+        ], "both ways, the budget held exactly"
         assert all(row["peak_db_connections"] > 0 and row["tracking_requests"] > 0 for row in workers)
     assert "goal <= 1.3" in result.stdout
 
