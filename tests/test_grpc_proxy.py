@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -21,8 +22,9 @@ from optuna.trial import TrialState
 import fashion_hpo.storage.proxy
 from fashion_hpo.core.errors import UsageError
 from fashion_hpo.core.validation import check_storage
+from fashion_hpo.storage.outage import StorageLost
 from fashion_hpo.storage.proxy import ProxyStorage, proxy_lost_line
-from fashion_hpo.storage.proxy_server import start_proxy
+from fashion_hpo.storage.proxy_server import ProxiedStorage, start_proxy
 from fashion_hpo.storage.rdb import StudyFull, study_lock
 from tests.conftest import free_port, subprocess_env, temporary_tracking
 from tests.test_scale_out import COUNTED, assert_one_run_per_trial, finish, kill_mid_trial, start, study_command
@@ -35,9 +37,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning
 def proxy(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """The proxy in this process, in front of a SQLite database in tmp_path; its address."""
     port = free_port()
-    server = start_proxy(f"sqlite:///{tmp_path}/optuna.db", "127.0.0.1", port, threads=4)
+    running = start_proxy(f"sqlite:///{tmp_path}/optuna.db", "127.0.0.1", port, threads=4, outage_timeout=300)
     yield "127.0.0.1", port
-    server.stop(grace=None)
+    running.server.stop(grace=None)
 
 
 def client(address: tuple[str, int], max_trials: int, grace_period: int = 60) -> ProxyStorage:
@@ -105,13 +107,35 @@ def test_proxy_urls_are_checked_like_database_urls(proxy: tuple[str, int], monke
         ProxyStorage(("127.0.0.1", free_port()), 1, 1, 2, None)
 
 
+def test_a_database_lost_past_the_window_stops_the_proxy_and_its_workers_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC answers no BaseException: without the proxy stopping, the worker's call below would wait for ever."""
+    port = free_port()
+    running = start_proxy(f"sqlite:///{tmp_path}/optuna.db", "127.0.0.1", port, threads=2, outage_timeout=300)
+    storage = client(("127.0.0.1", port), 10)
+    study = optuna.create_study(study_name="s", storage=storage)
+
+    def database_gone(*args: object, **kwargs: object) -> None:
+        raise StorageLost("lost the storage sqlite:///... for more than --storage-outage-timeout 300 s")
+
+    monkeypatch.setattr(ProxiedStorage, "create_trial", database_gone)
+    with ThreadPoolExecutor(1) as pool:
+        served = pool.submit(running.serve)  # as `fashion-hpo storage-proxy` serves, in its main thread
+        with pytest.raises(grpc.RpcError) as call:
+            study.ask()
+        assert call.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        with pytest.raises(StorageLost, match="--storage-outage-timeout"):
+            served.result(timeout=30)
+
+
 def test_a_lost_proxy_skips_heartbeats_and_ends_the_worker_in_one_line(tmp_path: Path) -> None:
     port = free_port()
-    server = start_proxy(f"sqlite:///{tmp_path}/optuna.db", "127.0.0.1", port, threads=2)
+    running = start_proxy(f"sqlite:///{tmp_path}/optuna.db", "127.0.0.1", port, threads=2, outage_timeout=300)
     storage = client(("127.0.0.1", port), 10)
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
-    server.stop(grace=None).wait()
+    running.server.stop(grace=None).wait()
     storage.record_heartbeat(trial._trial_id)  # skipped: an error would end Optuna's heartbeat thread
     with pytest.raises(grpc.RpcError) as lost:
         study.ask()

@@ -77,18 +77,18 @@ def run_proxy_command(settings: ProxySettings) -> int:
 
     address = f"{settings.host}:{settings.port}"
     try:
-        server = start_proxy(settings.storage, settings.host, settings.port, settings.threads)
+        proxy = start_proxy(
+            settings.storage, settings.host, settings.port, settings.threads, settings.storage_outage_timeout
+        )
     except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
         raise storage_error(err, settings.storage) from None
     except RuntimeError as err:  # gRPC's "Failed to bind to address"
         raise UsageError("--port", f"cannot listen on {address}: {str(err).split(';')[0]}") from None
     print(f"Storage proxy for {redact_url(settings.storage)}: workers take --storage grpc://{address}", flush=True)
     try:
-        server.wait_for_termination()
+        proxy.serve()
     except KeyboardInterrupt:
         print("Storage proxy stopped.", file=sys.stderr)
-    finally:
-        server.stop(grace=None)
     return 0
 
 
@@ -112,7 +112,7 @@ def guarded(prog: str, run: Callable[[], int]) -> int:
         sys.stderr.flush()
         return 128 + signum
     except Exception as err:
-        from fashion_hpo.storage.proxy import proxy_lost_line  # deferred: grpc loads only when something failed
+        from fashion_hpo.storage.proxy import proxy_lost_line  # deferred: only a command that failed needs it
 
         line = disk_full_line(err) or proxy_lost_line(err)
         if line is None:

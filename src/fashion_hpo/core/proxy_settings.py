@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fashion_hpo.core.settings import DEFAULT_STORAGE, STORAGE_ENV, count, setting
+from fashion_hpo.core.settings import DEFAULT_STORAGE, OUTAGE_TIMEOUT_S, STORAGE_ENV, count, setting
 
 PROXY = "storage-proxy"
 # Optuna's own default port for its storage proxy.
@@ -35,6 +35,14 @@ class ProxySettings:
         "workers' requests served at once (Optuna's default); the database sees at most 15 connections from the "
         "proxy (SQLAlchemy's pool), plus one per named lock a worker holds",
         parse=count(1),
+        commands=(PROXY,),
+        mlproject=False,
+    )
+    storage_outage_timeout: int = setting(
+        OUTAGE_TIMEOUT_S,
+        "seconds the proxy waits for its database through an outage before it stops (its workers then stop too); "
+        "rerun them all once it is back",
+        parse=count(0),
         commands=(PROXY,),
         mlproject=False,
     )

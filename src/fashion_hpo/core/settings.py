@@ -35,6 +35,7 @@ REFIT_EPOCHS_FACTOR = 2
 # it takes about a minute, and the study judged 19 and 32, enough for the pruner and TPE to act
 # (benchmarks/quality_cnn*.json). MLP trials are cheap on all of them. The refit always trains on all 60,000.
 TRIAL_TRAIN_SAMPLES = {"mlp": 0, "cnn": 10_000}
+OUTAGE_TIMEOUT_S = 300  # --storage-outage-timeout's default, the proxy's too (storage/outage.py says why)
 MODEL_DEFAULT = -1  # a size knob left to the model's default, resolved when the settings are made
 STUDY, REGISTER = "study", "register"
 
@@ -212,7 +213,7 @@ class RunSettings:
         parse=count(1),
     )
     storage_outage_timeout: int = setting(
-        300,
+        OUTAGE_TIMEOUT_S,
         "seconds a worker waits for the --storage database through an outage (a restart, a failover) before it "
         "stops; its running trial is retried when the command is rerun",
         parse=count(0),

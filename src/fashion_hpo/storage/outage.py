@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -49,11 +50,13 @@ class Outage:
         self.gave_up = False
         self.back_at = float("-inf")
         self.lock = threading.Lock()
+        self.lost_error: Callable[[str], BaseException] = StorageLost
 
-    def lost(self) -> None:
-        """An operation lost the database: the first loss of an outage says so, once."""
+    def lost(self, attempt_started: float) -> None:
+        """An attempt that started at `attempt_started` lost the database: the first loss of an outage says so, once.
+        An attempt that started before the database came back tells nothing new (another thread saw it return)."""
         with self.lock:
-            if self.lost_since is None:
+            if self.lost_since is None and attempt_started >= self.back_at:
                 self.lost_since = time.monotonic()
                 logging.getLogger(__name__).warning(
                     "Lost the connection to the storage %s; waiting up to %g s for it to come back "
@@ -81,10 +84,12 @@ class Outage:
         since = self.lost_since
         return since is not None and time.monotonic() - since >= self.window_s
 
-    def give_up(self) -> StorageLost:
-        """Past the window: from now on every operation of this process fails at once (see reconnecting)."""
-        self.gave_up = True
-        return StorageLost(
+    def give_up(self) -> BaseException:
+        """Past the window: from now on every operation of this process fails at once (see reconnecting), unless
+        another thread reached the database meanwhile. StorageLost, or the error a storage chose (`lost_error`)."""
+        with self.lock:
+            self.gave_up = self.gave_up or self.exceeded()
+        return self.lost_error(
             f"lost the storage {self.storage_name} for more than --storage-outage-timeout {self.window_s:g} s; "
             "rerun the same command once it is back: the study continues, and the trial cut off here is retried"
         )
@@ -97,18 +102,32 @@ class Outage:
 
 def database_connection_lost(err: BaseException) -> bool:
     """Whether `err`, or an error it was raised from, is the database dropping or refusing a connection (as in a
-    restart): SQLAlchemy's OperationalError, or a disconnect it detected; Optuna wraps them in StorageInternalError."""
-    import sqlalchemy.exc
-
+    restart), or SQLite's file busy: a disconnect SQLAlchemy detected, or an OperationalError of that kind (not a full
+    disk, a deadlock or a cancelled statement, which waiting does not mend). Optuna wraps them in
+    StorageInternalError."""
     from fashion_hpo.core.process import raised_from
 
-    return raised_from(
-        err,
-        lambda cause: (
-            isinstance(cause, sqlalchemy.exc.OperationalError)
-            or (isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated)
-        ),
-    )
+    return raised_from(err, connection_failure)
+
+
+# PostgreSQL's SQLSTATEs of a connection lost or refused: class 08 (connection exception), and the server shutting
+# down or starting (57P01-57P03).
+CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+SQLITE_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def connection_failure(cause: BaseException) -> bool:
+    """Whether one error (not its causes) is a connection lost or refused, or SQLite's file busy."""
+    import sqlalchemy.exc
+
+    if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+        return True
+    if not isinstance(cause, sqlalchemy.exc.OperationalError):
+        return False
+    if isinstance(cause.orig, sqlite3.Error):
+        return getattr(cause.orig, "sqlite_errorcode", None) in SQLITE_BUSY_CODES
+    sqlstate = getattr(cause.orig, "sqlstate", None)  # psycopg's; None where the client could not connect at all
+    return sqlstate is None or sqlstate.startswith(CONNECTION_SQLSTATES)
 
 
 class HasOutage(Protocol):
@@ -133,15 +152,21 @@ def reconnecting(operation: Callable[Concatenate[S, P], R]) -> Callable[Concaten
     @functools.wraps(operation)
     def run(storage: S, *args: P.args, **kwargs: P.kwargs) -> R:
         outage = storage.outage
+        started = [time.monotonic()]
+
+        def attempt() -> R:
+            started[0] = time.monotonic()
+            return operation(storage, *args, **kwargs)
+
         retry = tenacity.Retrying(
             retry=tenacity.retry_if_exception(database_connection_lost),
             stop=lambda _: outage.gave_up or outage.exceeded(),
             wait=tenacity.wait_exponential(multiplier=RECONNECT_FIRST_PAUSE_S, max=RECONNECT_MAX_PAUSE_S),
-            before_sleep=lambda _: outage.lost(),
+            before_sleep=lambda _: outage.lost(started[0]),
             reraise=True,
         )
         try:
-            result = retry(operation, storage, *args, **kwargs)
+            result = retry(attempt)
         except Exception as err:
             if not database_connection_lost(err):
                 raise

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 import optuna
@@ -29,7 +31,10 @@ from fashion_hpo.storage.grpc_calls import (
     decode,
     encode,
 )
+from fashion_hpo.storage.outage import StorageLost
 from fashion_hpo.storage.rdb import BudgetedStorage, StudyFull, lock_engine, named_lock
+
+T = TypeVar("T")
 
 
 class ProxiedStorage(BudgetedStorage):
@@ -93,7 +98,8 @@ class Methods:
             return
         try:
             ended = threading.Event()
-            context.add_callback(ended.set)
+            if not context.add_callback(ended.set):
+                return  # the call ended already: grpc runs no callback then, and nothing would release the lock
             with named_lock(lock_engine(self.storage.url), name):
                 yield {"held": True}
                 ended.wait()
@@ -115,12 +121,56 @@ class Methods:
         )
 
 
-def start_proxy(url: str, host: str, port: int, threads: int) -> grpc.Server:
-    """Start the proxy for the database at `url` on host:port, serving `threads` requests at once; returns the
-    running server (stop it with .stop)."""
+class RequestThreads(ThreadPoolExecutor):
+    """The proxy's request threads. A request that outlasts --storage-outage-timeout ends in StorageLost, which gRPC
+    never answers (it catches Exceptions only), so its worker would wait for ever: it is kept here instead, and stops
+    the proxy (`serve`), whose workers then stop in one line each, as when the proxy is gone."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers)
+        self.lost: StorageLost | None = None
+        self.stopping = threading.Event()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run `fn` on a request thread; StorageLost stops the proxy."""
+
+        def guarded() -> T:
+            try:
+                return fn(*args, **kwargs)
+            except StorageLost as lost:
+                self.lost = lost
+                self.stopping.set()
+                raise
+
+        return super().submit(guarded)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A running proxy: its gRPC server and its request threads."""
+
+    server: grpc.Server
+    threads: RequestThreads
+
+    def serve(self) -> None:
+        """Serve until Ctrl-C (KeyboardInterrupt) or the database stays away past the window (StorageLost)."""
+        try:
+            while not self.threads.stopping.wait(1.0):
+                pass
+        finally:
+            self.server.stop(grace=None)
+        if self.threads.lost is not None:
+            raise self.threads.lost
+
+
+def start_proxy(url: str, host: str, port: int, threads: int, outage_timeout: float) -> Proxy:
+    """Start the proxy for the database at `url` on host:port, serving `threads` requests at once and riding out a
+    database outage of up to `outage_timeout` seconds."""
     storage = ProxiedStorage(url)
+    storage.outage.window_s = outage_timeout
     cache = optuna.storages.get_storage(storage)  # Optuna's cache: a worker's reads fetch only what changed
-    server = make_server(cache, host, port, ThreadPoolExecutor(max_workers=threads))
+    pool = RequestThreads(threads)
+    server = make_server(cache, host, port, pool)
     server.add_generic_rpc_handlers((Methods(storage, cache).handler(),))
     server.start()
-    return server
+    return Proxy(server, pool)

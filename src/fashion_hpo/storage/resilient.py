@@ -21,6 +21,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import optuna
@@ -43,6 +44,16 @@ from fashion_hpo.storage.tokens import CREATED_BY, claim, claimed_with, transact
 P = ParamSpec("P")
 R = TypeVar("R")
 Write = Callable[Concatenate["ResilientStorage", int, P], R]
+
+
+def started_now(template: FrozenTrial | None) -> FrozenTrial | None:
+    """A new running trial's template starting now, at its insert (as Optuna's own new trial does), not when the
+    worker began to create it: the wait for the budget's lock and count are the worker's, not the trial's."""
+    if template is None or template.state != TrialState.RUNNING:
+        return template
+    started = copy.copy(template)
+    started.datetime_start = datetime.now()
+    return started
 
 
 def stop_if_reclaimed(write: Write[P, R]) -> Write[P, R]:
@@ -114,7 +125,7 @@ class ResilientStorage(RDBStorage):
                 if found is not None:
                     return found
             self.prepared.add(token)
-        return super()._get_prepared_new_trial(study_id, template_trial, session)
+        return super()._get_prepared_new_trial(study_id, started_now(template_trial), session)
 
     def trial_id_with(self, study_id: int, key: str, value: object) -> int | None:
         """The id of the study's trial whose system attribute `key` holds `value`, if one does."""
@@ -197,9 +208,10 @@ class ResilientStorage(RDBStorage):
         for less than the grace period plus the longest retry pause and connect: every trial's heartbeat is as old
         as the outage then, and a live worker writes its own within that pause of the database's return."""
         settle = (self.grace_period or 0) + RECONNECT_MAX_PAUSE_S + CONNECT_TIMEOUT_S
-        if self.outage.settling(settle):
-            return []
-        return self._stale_trial_ids(study_id)
+        stale = self._stale_trial_ids(
+            study_id
+        )  # judged after the query: the query itself may have waited out an outage
+        return [] if self.outage.settling(settle) else stale
 
     @reconnecting
     def _stale_trial_ids(self, study_id: int) -> list[int]:
