@@ -300,7 +300,7 @@ N_TRIALS = 5
 RECOVERY = ["--heartbeat-interval", "1", "--grace-period", "3"]
 # Trials long enough for the "training" worker to be caught mid-trial from outside; every worker trains its trials
 # alike, since a study refuses another --epochs or --max-train-samples.
-LONGER_TRIALS = ["--epochs", "3", "--max-train-samples", "3000"]
+LONGER_TRIALS = ["--epochs", "3", "--max-train-samples", "15000"]
 
 
 def start_doomed(work: Path, data_dir: Path, storage: str, point: str) -> subprocess.Popen[str]:
