@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from report_scale import gaps, scale
 from report_search import pareto, quality, race
 
 HERE = Path(__file__).resolve().parent
@@ -223,6 +224,13 @@ ROWS: list[tuple[str, str, Callable[[dict], str], str]] = [
     ("champion load", "champion_load.py", champion_load, "load ≤ 0.5x, predict ≤ 1.5x the imports"),
     ("start-up to first trial", "startup.py", startup, "seconds saved per process start"),
     ("`--workers 2` vs 1", "workers_ratio.py", workers_ratio, "≥ 1.6x"),
+    (
+        "large studies: per-trial overhead, many workers",
+        "scale.py",
+        scale,
+        "5,000 trials within 1.3x of 100; connections flat through the proxy",
+    ),
+    ("gap between trials, 600-trial study", "gaps.py", gaps, "last 100 within 1.3x of the first 100; summary ≤ 15 s"),
 ]
 
 

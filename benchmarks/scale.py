@@ -166,10 +166,10 @@ def ratio(rows: list[dict[str, float]]) -> float:
 
 
 def main() -> None:
-    """Sizes on SQLite and PostgreSQL, TPE's growth, then 1, 8 and 32 workers; writes the JSON."""
+    """Sizes on SQLite and PostgreSQL, TPE's growth, then 1, 8, 16 and 32 workers; writes the JSON."""
     args = parse_args(__doc__, __file__, "sizes 20 and 40, 3 trials each, 2 workers", device=False)
     sizes, real, workers, worker_trials = (
-        ([20, 40], 3, [2], 3) if args.quick else ([100, 1000, 5000], 40, [1, 8, 32], 64)
+        ([20, 40], 3, [2], 3) if args.quick else ([100, 1000, 5000], 40, [1, 8, 16, 32], 64)
     )
     postgres = os.environ.get("FASHION_HPO_TEST_POSTGRES_URL", "")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
