@@ -245,7 +245,11 @@ def test_an_outage_past_the_window_stops_the_workers_and_the_rerun_reaches_the_t
 ) -> None:
     """Slow: two workers wait through a 20 s window on a stopped PostgreSQL, then a rerun finishes the study."""
     storage, n_trials = new_database(), 6
-    command = study_command(real_data_dir, storage, n_trials, *TINY, *QUICK_RECOVERY, "--storage-outage-timeout", "20")
+    # Trials of a few seconds (the last --max-train-samples counts): both workers have one running when it stops.
+    longer = ("--max-train-samples", "5000")
+    command = study_command(
+        real_data_dir, storage, n_trials, *TINY, *longer, *QUICK_RECOVERY, "--storage-outage-timeout", "20"
+    )
     workers = [start(command, tmp_path) for _ in range(2)]
     wait_for_trials(storage, workers, 1, running=2)
     with postgres_stopped(postgres_url):

@@ -26,6 +26,7 @@ from fashion_hpo.core.process import connection_lost
 from fashion_hpo.core.settings import RunSettings
 from fashion_hpo.storage.rdb import retried_trial_number
 from fashion_hpo.tracking.callback import RUNNING, STATE_TAG, TRIAL_NUMBER_TAG, Objective, TrialTracker, trial_run_id
+from fashion_hpo.tracking.disk import is_disk_full
 from fashion_hpo.tracking.metrics import TRIAL_METRICS
 
 # Tag of the runs of a multi-objective study's Pareto-front trials.
@@ -80,10 +81,10 @@ def tracked_objective(
             with run_context_tags(creation_tags(trial, settings)):
                 return tracked(trial)
         except Exception as err:
-            if connection_lost(err):
-                # Stopped from outside, as by an interrupt: not the trial's failure, so it does not use up
-                # the budget, and the rerun runs a trial in its place. (Given up on again here: leaving the
-                # block restored the environment as it was before the trial.)
+            if connection_lost(err) or is_disk_full(err):
+                # Stopped from outside (the tracking server gone, a disk full), as by an interrupt: not the trial's
+                # failure, so it does not use up the budget, and the rerun runs a trial in its place. (Given up on
+                # again here: leaving the block restored the environment as it was before the trial.)
                 trial.set_user_attr(INTERRUPTED, True)
                 give_up_on_tracking()
                 tracker.lost = err
