@@ -98,7 +98,7 @@ def test_a_named_lock_is_held_through_the_proxy_until_its_holder_lets_go(proxy: 
 
 
 def test_proxy_urls_are_checked_like_database_urls(proxy: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fashion_hpo.storage.proxy, "CONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fashion_hpo.storage.proxy, "PROXY_ANSWER_TIMEOUT_S", 0.5)
     check_storage(f"grpc://{proxy[0]}:{proxy[1]}")
     for wrong in ("grpc://localhost", "grpc://localhost:port", "grpc://localhost:13000/db"):
         with pytest.raises(UsageError, match="grpc://HOST:PORT"):

@@ -69,10 +69,7 @@ def run_proxy_command(settings: ProxySettings) -> int:
     if proxy_address(settings.storage) is not None:
         raise UsageError("--storage", "give the database the proxy serves, not a proxy")
     check_storage(settings.storage)
-    import optuna
-    import sqlalchemy.exc
-
-    from fashion_hpo.search.study import storage_error
+    from fashion_hpo.search.study import STORAGE_ERRORS, storage_error
     from fashion_hpo.storage.proxy_server import start_proxy
 
     address = f"{settings.host}:{settings.port}"
@@ -80,7 +77,7 @@ def run_proxy_command(settings: ProxySettings) -> int:
         proxy = start_proxy(
             settings.storage, settings.host, settings.port, settings.threads, settings.storage_outage_timeout
         )
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+    except STORAGE_ERRORS as err:
         raise storage_error(err, settings.storage) from None
     except RuntimeError as err:  # gRPC's "Failed to bind to address"
         raise UsageError("--port", f"cannot listen on {address}: {str(err).split(';')[0]}") from None

@@ -28,7 +28,7 @@ from fashion_hpo.storage.grpc_calls import CREATE_TRIAL, RECORD_HEARTBEAT, STALE
 from fashion_hpo.storage.rdb import BudgetedStorage, StaleTrialCallback, StudyFull, engine_url
 
 # How long a worker waits for the proxy to answer when it opens the study.
-CONNECT_TIMEOUT_S = 10.0
+PROXY_ANSWER_TIMEOUT_S = 10.0
 
 
 class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
@@ -45,7 +45,7 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         with experimental_features():
             super().__init__(host=address[0], port=address[1])
         try:
-            self.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
+            self.wait_server_ready(timeout=PROXY_ANSWER_TIMEOUT_S)
         except ConnectionError:
             raise ConnectionError(f"no storage proxy answered at {address[0]}:{address[1]}") from None
         self.max_trials, self.heartbeat_interval, self.grace_period = max_trials, heartbeat_interval, grace_period
