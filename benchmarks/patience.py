@@ -3,7 +3,7 @@ replayed on its trials in order. With the same seed the trials a --patience run 
 replay shows where that run would have stopped, how much of the search it saves, and the best value it keeps.
 
     python benchmarks/patience.py             # the default MLP study (600 s, seed 42), then the replay
-    python benchmarks/patience.py --quick     # 20 s of trials on 2,000 images
+    python benchmarks/patience.py --quick     # 10 s of trials on 2,000 images
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MIN_DELTAS = (0.0, 0.001)
 def run_study(folder: Path, data_dir: Path, quick: bool) -> str:
     """Run the study without --patience in `folder`; returns its storage URL."""
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    size = ["--timeout", "20", "--max-train-samples", "2000", "--epochs", "2"] if quick else []
+    size = ["--timeout", "10", "--max-train-samples", "2000", "--epochs", "2"] if quick else []
     command = [sys.executable, "-m", "fashion_hpo", "study", "--no-register", "--storage", storage, *size]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FASHION_HPO_"))}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
@@ -77,7 +77,7 @@ def replay(trials: list[FrozenTrial]) -> list[dict[str, object]]:
 
 def main() -> None:
     """Run the study, replay the rule, write the JSON."""
-    args = parse_args(__doc__, __file__, "20 s of trials on 2,000 images")
+    args = parse_args(__doc__, __file__, "10 s of trials on 2,000 images")
     with tempfile.TemporaryDirectory() as folder:
         storage = run_study(Path(folder), args.data_dir, args.quick)
         study = optuna.load_study(study_name="fashion-mnist-mlp", storage=storage)

@@ -3,7 +3,7 @@ threads, and 2 threads with OpenMP told not to spin (OMP_WAIT_POLICY=PASSIVE), b
 with the load average before each. Run it while the machine is busy to see what `--threads 0` should pick there.
 
     python benchmarks/threads.py            # 3 rounds of the three variants (a few minutes on a busy 2-core box)
-    python benchmarks/threads.py --quick    # one round on 5,000 images
+    python benchmarks/threads.py --quick    # one round on 1,000 images
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def one_epoch(threads: str, env: dict[str, str], data_dir: Path, samples: int) -
 
 def main() -> None:
     """Time the variants round-robin and write the medians and ratios."""
-    args = parse_args(__doc__, __file__, "one round on 5,000 images")
-    rounds, samples = (1, 5_000) if args.quick else (3, 50_000)
+    args = parse_args(__doc__, __file__, "one round on 1,000 images")
+    rounds, samples = (1, 1_000) if args.quick else (3, 50_000)
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     loads: list[float] = []
     for _ in range(rounds):

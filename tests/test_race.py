@@ -21,11 +21,11 @@ THRESHOLDS = ["time_to_0.88", "time_to_0.89", "time_to_0.90"]
 def test_race_quick_run_finishes_trials_of_every_contender_and_tests_each_best(
     real_data_dir: Path, tmp_path: Path
 ) -> None:
-    """Slow (about 2 minutes): four real searches of 15 s each, one of them on a local Ray, and four refits."""
+    """Slow (about 1.5 minutes): four real searches of 10 s each, one of them on a local Ray, and their refits."""
     output = tmp_path / "race.json"
     result = run_quick("race.py", real_data_dir, output)
     report = json.loads(output.read_text())
-    assert report["budget_s"] == 15 and report["command"] == "python benchmarks/race.py --quick"
+    assert report["budget_s"] == 10 and report["command"] == "python benchmarks/race.py --quick"
     rows = report["results"]
     assert [row["name"] for row in rows] == CONTENDERS and {row["seed"] for row in rows} == {42}
     for row in rows:
