@@ -229,9 +229,9 @@ def postgres_url() -> str:
     return url
 
 
-@pytest.fixture
-def new_database(postgres_url: str) -> Iterator[Callable[[], str]]:
-    """Creates empty PostgreSQL databases on demand (one per store) and drops them after the test."""
+@contextmanager
+def postgres_databases(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Creates empty PostgreSQL databases on demand (one per store) and drops them when the block ends."""
     # pool_pre_ping: a test may restart PostgreSQL, which kills the pooled connection that drops the databases.
     admin = sqlalchemy.create_engine(engine_url(postgres_url), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     created: list[str] = []
@@ -243,11 +243,20 @@ def new_database(postgres_url: str) -> Iterator[Callable[[], str]]:
         created.append(name)
         return sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
 
-    yield create
-    with admin.connect() as conn:
-        for name in created:
-            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    try:
+        yield create
+    finally:
+        with admin.connect() as conn:
+            for name in created:
+                conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture
+def new_database(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Creates empty PostgreSQL databases on demand (one per store) and drops them after the test."""
+    with postgres_databases(postgres_url) as create:
+        yield create
 
 
 class TrackingServer:

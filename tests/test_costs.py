@@ -210,6 +210,7 @@ def test_mlflow_run_with_max_params_registers_a_model_within_it(real_data_dir: P
         "n_trials": 3,
         "epochs": 1,
         "max_train_samples": 1000,
+        "refit_epochs": 1,  # which trial is registered is checked here, not its refit's schedule
         "max_params": 200_000,
         "data_dir": real_data_dir,
         "storage": f"sqlite:///{tmp_path / 'optuna.db'}",

@@ -1,6 +1,6 @@
 """The storage's database goes away: retried writes that cannot double (a lost acknowledgement injected after real
 commits), a trial reclaimed while its worker could not reach the database, and real PostgreSQL stopped under two
-workers for longer than a minute, then for longer than --storage-outage-timeout."""
+workers for four times their --grace-period, then for longer than --storage-outage-timeout."""
 
 from __future__ import annotations
 
@@ -217,17 +217,25 @@ def assert_exact_total(storage: str, n_trials: int) -> list[FrozenTrial]:
     return trials
 
 
+# A heartbeat every second and a 5 s grace period (the defaults are 10 s and 60 s): the outage below outlasts the
+# grace period four times over with a 20 s wait instead of a 70 s one, so that every running trial's heartbeat is
+# stale when the database comes back, and only the workers' settling after an outage keeps those trials alive.
+RIDE_OUT_RECOVERY = ("--heartbeat-interval", "1", "--grace-period", "5")
+RIDE_OUT_SECONDS = 20
+
+
 @pytest.mark.slow
-def test_two_workers_ride_out_a_postgres_outage_longer_than_a_minute(
+def test_two_workers_ride_out_a_postgres_outage_longer_than_their_grace_period(
     tmp_path: Path, real_data_dir: Path, postgres_url: str, new_database: Callable[[], str]
 ) -> None:
-    """Slow: PostgreSQL stays stopped for 70 s, longer than the old retries' minute and the default grace period."""
+    """Slow: PostgreSQL stays stopped for 20 s, four times the workers' grace period, within the default
+    --storage-outage-timeout (300 s)."""
     storage, n_trials = new_database(), 8
-    command = study_command(real_data_dir, storage, n_trials, *TINY)  # the default heartbeat and grace period
+    command = study_command(real_data_dir, storage, n_trials, *TINY, *RIDE_OUT_RECOVERY)
     workers = [start(command, tmp_path) for _ in range(2)]
     wait_for_trials(storage, workers, 1, running=2)
     with postgres_stopped(postgres_url) as back:
-        time.sleep(70)
+        time.sleep(RIDE_OUT_SECONDS)
         assert all(worker.poll() is None for worker in workers), "the workers wait for the database"
         back()
     outputs = [finish(worker) for worker in workers]
@@ -243,13 +251,13 @@ def test_two_workers_ride_out_a_postgres_outage_longer_than_a_minute(
 def test_an_outage_past_the_window_stops_the_workers_and_the_rerun_reaches_the_total(
     tmp_path: Path, real_data_dir: Path, postgres_url: str, new_database: Callable[[], str]
 ) -> None:
-    """Slow: two workers wait through a 20 s window on a stopped PostgreSQL, then a rerun finishes the study."""
+    """Slow: two workers wait through a 10 s window on a stopped PostgreSQL, then a rerun finishes the study."""
     storage, n_trials = new_database(), 6
     # Trials of a few seconds (the last --max-train-samples counts): both workers have one running when it stops.
     longer = ("--max-train-samples", "5000")
-    command = study_command(
-        real_data_dir, storage, n_trials, *TINY, *longer, *QUICK_RECOVERY, "--storage-outage-timeout", "20"
-    )
+    # A 10 s window: the reconnect pauses (0.5 s doubling to 5 s) reach their longest within it.
+    window = ("--storage-outage-timeout", "10")
+    command = study_command(real_data_dir, storage, n_trials, *TINY, *longer, *QUICK_RECOVERY, *window)
     workers = [start(command, tmp_path) for _ in range(2)]
     wait_for_trials(storage, workers, 1, running=2)
     with postgres_stopped(postgres_url):
@@ -259,7 +267,7 @@ def test_an_outage_past_the_window_stops_the_workers_and_the_rerun_reaches_the_t
         assert worker.returncode == 2, (out + err)[-3000:]
         assert "Traceback" not in out + err
         last = err.strip().splitlines()[-1]
-        assert "--storage-outage-timeout 20 s" in last and storage.split("@")[-1] in last, last
+        assert "--storage-outage-timeout 10 s" in last and storage.split("@")[-1] in last, last
         assert not password or password not in out + err
     finish(start(command, tmp_path))
     assert_exact_total(storage, n_trials)

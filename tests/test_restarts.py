@@ -1,6 +1,6 @@
-"""The services a study depends on go away and come back: an MLflow tracking server stopped for a while, PostgreSQL
-restarted under running workers, and workers started together on a folder with no data yet. Real processes, real
-servers on the loopback interface; every wait bounded."""
+"""The services a study depends on go away and come back: an MLflow tracking server stopped for a while, and
+PostgreSQL restarted under running workers (workers started together on a folder with no data yet: test_scale_out).
+Real processes, real servers on the loopback interface; every wait bounded."""
 
 from __future__ import annotations
 
@@ -16,31 +16,20 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from mlflow.tracking import MlflowClient
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from fashion_hpo.core.constants import VAL_ACCURACY
-from fashion_hpo.data.cache import CACHE_NAME, raw_digests, read_cache
-from fashion_hpo.data.raw import LOCK_NAME, RAW_FILES, STAMP_NAME, has_raw_files, raw_dir
 from fashion_hpo.storage.outage import Outage, reconnecting
-from fashion_hpo.storage.rdb import RECONNECTING, BudgetedStorage, engine_url
-from fashion_hpo.tracking.reconcile import trial_number
+from fashion_hpo.storage.rdb import RECONNECTING, BudgetedStorage
 from tests.conftest import TrackingServer, subprocess_env, tracking_server
-from tests.test_scale_out import COUNTED, STUDY, finish, start, study_command
+from tests.test_scale_out import COUNTED, assert_every_trial_tracked, finish, load_trials, start, study_command
 
 # Two short epochs per trial (argparse keeps the last value of a repeated flag), no baseline trial (the largest).
 TINY = ("--epochs", "2", "--max-train-samples", "500", "--no-baseline-trial")
 # A worker's heartbeat every second; its trial is stale after 3 s without one (reconcile waits as long).
 QUICK_RECOVERY = ("--heartbeat-interval", "1", "--grace-period", "3")
-OUTAGE_SECONDS = 20
-
-
-def load_trials(storage: str) -> list[FrozenTrial]:
-    """The study's trials (none before a worker has created the study)."""
-    try:
-        return optuna.load_study(study_name=STUDY, storage=engine_url(storage)).get_trials(deepcopy=False)
-    except KeyError:
-        return []
+# How long the tracking server stays stopped (stopping and starting it add a few seconds): MLflow's client meets a
+# refused connection and retries (after 0, 4, 8, 16... s by default) until the server is back.
+OUTAGE_SECONDS = 5
 
 
 def wait_for_trials(
@@ -62,29 +51,6 @@ def wait_for_trials(
 def server_env(work: Path, server: TrackingServer, **extra: str) -> dict[str, str]:
     """A CLI process's environment, tracking to `server`."""
     return {**subprocess_env(work), "MLFLOW_TRACKING_URI": server.url, **extra}
-
-
-def assert_every_trial_tracked(storage: str, server: TrackingServer, n_trials: int) -> list[FrozenTrial]:
-    """`n_trials` counted trials; every finished trial has exactly one run, none is RUNNING, and every counted
-    trial's run holds its per-epoch validation accuracy."""
-    trials = load_trials(storage)
-    assert sum(t.state in COUNTED for t in trials) == n_trials
-    assert all(t.state.is_finished() for t in trials)
-    client = MlflowClient(tracking_uri=server.url)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-    assert [(run.info.run_name, run.data.tags) for run in runs if run.info.status == "RUNNING"] == []
-    by_number: dict[int, list[str]] = {}
-    for run in runs:
-        number = trial_number(run)
-        if number is not None:
-            by_number.setdefault(number, []).append(run.info.run_id)
-    assert sorted(by_number) == [t.number for t in trials], "a run for every trial, and no run without its trial"
-    assert all(len(ids) == 1 for ids in by_number.values()), f"two runs for one trial: {by_number}"
-    for trial in trials:
-        if trial.state in COUNTED:
-            history = client.get_metric_history(by_number[trial.number][0], VAL_ACCURACY)
-            assert sorted(m.step for m in history) == sorted(trial.intermediate_values), trial.number
-    return trials
 
 
 @pytest.mark.slow
@@ -166,24 +132,6 @@ def test_workers_reconnect_after_postgres_restarts(
     trials = load_trials(storage)
     assert [t.number for t in trials] == list(range(n_trials)), "no trial beyond the budget"
     assert all(t.state in COUNTED for t in trials), "no trial failed or left running by the restart"
-
-
-@pytest.mark.slow
-def test_three_workers_start_together_on_a_fresh_folder(tmp_path: Path, new_database: Callable[[], str]) -> None:
-    storage = new_database()
-    data_dir = tmp_path / "data"
-    assert not data_dir.exists()
-    with tracking_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}") as server:
-        command = study_command(data_dir, storage, 3, *TINY)
-        workers = [start(command, tmp_path, server_env(tmp_path, server)) for _ in range(3)]
-        outputs = [finish(worker) for worker in workers]
-        assert all("Traceback" not in out for out in outputs)
-        assert_every_trial_tracked(storage, server, 3)
-    assert has_raw_files(data_dir)
-    leftovers = {p.name for p in raw_dir(data_dir).iterdir()} - {*RAW_FILES, STAMP_NAME, LOCK_NAME, CACHE_NAME}
-    assert not leftovers, "no temporary file left behind"
-    digests = raw_digests(raw_dir(data_dir))
-    assert digests and read_cache(raw_dir(data_dir) / CACHE_NAME, digests), "the splits cache they wrote is whole"
 
 
 # What Optuna's cache asks of the storage only while opening or managing studies, not while trials run.

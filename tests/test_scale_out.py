@@ -1,4 +1,5 @@
-"""Many workers on one study: real processes on real PostgreSQL / SQLite storage, an MLflow server, SIGKILL."""
+"""Many workers on one study: real processes on real PostgreSQL / SQLite storage, an MLflow server, SIGKILL; three
+workers started together on a folder with no data yet."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -16,13 +19,20 @@ import sqlalchemy
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
+from fashion_hpo.core.constants import VAL_ACCURACY
 from fashion_hpo.core.validation import available_cores
+from fashion_hpo.data.cache import CACHE_NAME, raw_digests, read_cache
+from fashion_hpo.data.raw import LOCK_NAME, RAW_FILES, STAMP_NAME, has_raw_files, raw_dir
 from fashion_hpo.storage.rdb import engine_url
-from tests.conftest import subprocess_env, temporary_tracking, tracking_server
+from fashion_hpo.tracking.reconcile import trial_number
+from tests.conftest import TrackingServer, postgres_databases, subprocess_env, temporary_tracking, tracking_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STUDY = "shared"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# The tests that register check which trial is registered and where, not the refit's schedule (the end-to-end test
+# checks its default of twice the trial's epochs): one epoch on 60,000 images instead of two.
+ONE_REFIT_EPOCH = ("--refit-epochs", "1")
 
 
 def study_command(data_dir: Path, storage: str, n_trials: int, *extra: str) -> list[str]:
@@ -66,22 +76,110 @@ def assert_one_run_per_trial(storage: str, n_trials: int) -> list[FrozenTrial]:
     return trials
 
 
-def test_three_worker_processes_share_one_postgres_study(
-    tmp_path: Path, real_data_dir: Path, new_database: Callable[[], str]
-) -> None:
-    storage = new_database()
-    workers = [start(study_command(real_data_dir, storage, 9), tmp_path) for _ in range(3)]
-    outputs = [finish(worker) for worker in workers]
-    assert all("Traceback" not in out for out in outputs)
-    with temporary_tracking(tmp_path):
-        trials = assert_one_run_per_trial(storage, 9)
+def load_trials(storage: str) -> list[FrozenTrial]:
+    """The study's trials (none before a worker has created the study)."""
+    try:
+        return optuna.load_study(study_name=STUDY, storage=engine_url(storage)).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def assert_every_trial_tracked(storage: str, server: TrackingServer, n_trials: int) -> list[FrozenTrial]:
+    """`n_trials` counted trials; every finished trial has exactly one run, none is RUNNING, and every counted
+    trial's run holds its per-epoch validation accuracy."""
+    trials = load_trials(storage)
+    assert sum(t.state in COUNTED for t in trials) == n_trials
+    assert all(t.state.is_finished() for t in trials)
+    client = MlflowClient(tracking_uri=server.url)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    assert [(run.info.run_name, run.data.tags) for run in runs if run.info.status == "RUNNING"] == []
+    by_number: dict[int, list[str]] = {}
+    for run in runs:
+        number = trial_number(run)
+        if number is not None:
+            by_number.setdefault(number, []).append(run.info.run_id)
+    assert sorted(by_number) == [t.number for t in trials], "a run for every trial, and no run without its trial"
+    assert all(len(ids) == 1 for ids in by_number.values()), f"two runs for one trial: {by_number}"
+    for trial in trials:
+        if trial.state in COUNTED:
+            history = client.get_metric_history(by_number[trial.number][0], VAL_ACCURACY)
+            assert sorted(m.step for m in history) == sorted(trial.intermediate_values), trial.number
+    return trials
+
+
+@contextmanager
+def tracking_at(url: str) -> Iterator[None]:
+    """This process's MLflow client (and its environment) tracking to `url` for the duration."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", url)
+        mlflow.set_tracking_uri(url)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+@dataclass(frozen=True)
+class SharedStudy:
+    """Three `fashion-hpo study` processes started together on one PostgreSQL study and a data folder with no data
+    yet, tracking to an MLflow server; then `fashion-hpo register` on the study. Their outputs, and where it all is."""
+
+    server: TrackingServer
+    storage: str
+    data_dir: Path
+    outputs: list[str]
+    registered: str
+
+
+N_SHARED = 9
+
+
+@pytest.fixture(scope="module")
+def shared_study(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[SharedStudy]:
+    """One run of three independent workers (as on three machines) and the register command after them, which the
+    tests below each check one side of: the shared study and its runs, the data folder they filled together, and
+    the registration of the best trial."""
+    work = tmp_path_factory.mktemp("shared")
+    data_dir = work / "data"
+    assert not data_dir.exists()
+    with (
+        postgres_databases(postgres_url) as new_database,
+        tracking_server(work, f"sqlite:///{work / 'server.db'}") as server,
+    ):
+        storage = new_database()
+        env = {**subprocess_env(work), "MLFLOW_TRACKING_URI": server.url}
+        workers = [start(study_command(data_dir, storage, N_SHARED), work, env) for _ in range(3)]
+        outputs = [finish(worker) for worker in workers]
+        register = [sys.executable, "-m", "fashion_hpo", "register", "--study-name", STUDY, "--storage", storage]
+        registered = finish(start([*register, "--data-dir", str(data_dir), *ONE_REFIT_EPOCH], work, env))
+        yield SharedStudy(server, storage, data_dir, outputs, registered)
+
+
+def test_three_worker_processes_share_one_postgres_study(shared_study: SharedStudy) -> None:
+    assert all("Traceback" not in out for out in shared_study.outputs)
+    with tracking_at(shared_study.server.url):
+        assert_one_run_per_trial(shared_study.storage, N_SHARED)
         worker_runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"run_name = '{STUDY}'")
         assert len(worker_runs) == 3
-    register = [sys.executable, "-m", "fashion_hpo", "register", "--study-name", STUDY, "--storage", storage]
-    out = finish(start([*register, "--data-dir", str(real_data_dir)], tmp_path))
+
+
+def test_three_workers_start_together_on_a_fresh_folder(shared_study: SharedStudy) -> None:
+    assert all("Traceback" not in out for out in shared_study.outputs)
+    assert_every_trial_tracked(shared_study.storage, shared_study.server, N_SHARED)
+    data_dir = shared_study.data_dir
+    assert has_raw_files(data_dir)
+    leftovers = {p.name for p in raw_dir(data_dir).iterdir()} - {*RAW_FILES, STAMP_NAME, LOCK_NAME, CACHE_NAME}
+    assert not leftovers, "no temporary file left behind"
+    digests = raw_digests(raw_dir(data_dir))
+    assert digests and read_cache(raw_dir(data_dir) / CACHE_NAME, digests), "the splits cache they wrote is whole"
+
+
+def test_register_after_the_workers_registers_the_best_of_all_their_trials_once(shared_study: SharedStudy) -> None:
+    trials = load_trials(shared_study.storage)
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    out = shared_study.registered
     assert "Registered: models:/fashion-mnist-classifier/1" in out, "the best across all workers, registered once"
-    with temporary_tracking(tmp_path):
+    with tracking_at(shared_study.server.url):
         (version,) = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
     assert version.tags["best_trial_number"] == str(best.number)
 
@@ -98,17 +196,12 @@ def test_workers_against_an_mlflow_server_register_the_best_once(
 ) -> None:
     storage = new_database()
     env = {**subprocess_env(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server}
-    command = [arg for arg in study_command(real_data_dir, storage, 6, "--workers", "3") if arg != "--no-register"]
-    out = finish(start(command, tmp_path, env))
+    workers = study_command(real_data_dir, storage, 6, "--workers", "3", *ONE_REFIT_EPOCH)
+    out = finish(start([arg for arg in workers if arg != "--no-register"], tmp_path, env))
     assert "Registered: models:/fashion-mnist-classifier/1" in out
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        mlflow.set_tracking_uri(mlflow_server)
-        try:
-            trials = assert_one_run_per_trial(storage, 6)
-            versions = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
-        finally:
-            mlflow.set_tracking_uri(None)
+    with tracking_at(mlflow_server):
+        trials = assert_one_run_per_trial(storage, 6)
+        versions = MlflowClient().search_model_versions("name = 'fashion-mnist-classifier'")
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert [(v.tags["study_name"], v.tags["best_trial_number"]) for v in versions] == [(STUDY, str(best.number))]
 
@@ -152,8 +245,9 @@ def test_sigkilled_worker_trial_is_reclaimed_retried_and_its_runs_closed(
     tmp_path: Path, real_data_dir: Path, request: pytest.FixtureRequest, database: str
 ) -> None:
     storage = request.getfixturevalue("new_database")() if database == "postgresql" else f"sqlite:///{tmp_path}/o.db"
-    # Epochs long enough (about a second each) that the test, polling every 0.3 s, finds a trial between epochs.
-    slow = ["--epochs", "4", "--max-train-samples", "20000", "--pruner", "none"]
+    # Epochs long enough (about a second each) that the test, polling every 0.3 s, finds a trial between epochs; no
+    # baseline trial, whose 1.3M parameters take several times as long on one thread as the sampled ones.
+    slow = ["--epochs", "4", "--max-train-samples", "20000", "--pruner", "none", "--no-baseline-trial"]
     recovery = ["--heartbeat-interval", "1", "--grace-period", "3"]
     command = study_command(real_data_dir, storage, 6, *slow, *recovery)
     doomed = start([*command, "--run-name", "doomed"], tmp_path)
@@ -187,7 +281,8 @@ def assert_rerun_adds_nothing(work: Path, command: list[str], storage: str, n_tr
 
 def test_workers_flag_on_sqlite_nests_worker_runs_and_registers_once(tmp_path: Path, real_data_dir: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    command = [arg for arg in study_command(real_data_dir, storage, 4, "--workers", "2") if arg != "--no-register"]
+    command = study_command(real_data_dir, storage, 4, "--workers", "2", *ONE_REFIT_EPOCH)
+    command = [arg for arg in command if arg != "--no-register"]
     at = command.index("--threads")
     del command[at : at + 2]  # default threads: the cores split between the workers
     out = finish(start(command, tmp_path))
@@ -239,7 +334,9 @@ def test_password_in_the_storage_url_is_nowhere_in_the_store_or_output(
     password = sqlalchemy.engine.make_url(storage).password
     assert password
     plain = storage.replace("postgresql+psycopg://", "postgresql://")  # the driver-less spelling works too
-    command = [arg for arg in study_command(real_data_dir, plain, 2) if arg != "--no-register"]
+    command = [arg for arg in study_command(real_data_dir, plain, 2, *ONE_REFIT_EPOCH) if arg != "--no-register"]
+    at = command.index("--threads")
+    del command[at : at + 2]  # one process: every core for its refit
     out = finish(start(command, tmp_path))
     assert "Registered: models:/" in out and password not in out
     with temporary_tracking(tmp_path):
