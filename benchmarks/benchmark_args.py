@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,11 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def write_report(args: argparse.Namespace, **fields: object) -> None:
+    """Write the script's JSON report to --output: the device it ran on, then `fields`."""
+    args.output.write_text(json.dumps({"device": device_label(args.device), **fields}, indent=2))
 
 
 def epoch_seconds(model: nn.Module, config: TrialConfig, train: Split) -> float:

@@ -11,12 +11,11 @@ first 1,000 validation images.
 
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 import torch.nn.functional as F
-from benchmark_args import device_label, parse_args
+from benchmark_args import device_label, parse_args, write_report
 from torch import nn
 
 from fashion_hpo.data.splits import FashionData, Split, batches, load_data
@@ -88,14 +87,7 @@ def main() -> None:
     print(f"{'variant':<18} {'val':>8} {'gain':>8} {'s/epoch':>8}")
     for name, row in rows.items():
         print(f"{name:<18} {row['val']:8.4f} {row['gain']:+8.4f} {row['epoch_s']:8.1f}")
-    result = {
-        "device": device_label(args.device),
-        "epochs": epochs,
-        "samples": samples,
-        "val_samples": val_samples,
-        "rows": rows,
-    }
-    args.output.write_text(json.dumps(result, indent=2))
+    write_report(args, epochs=epochs, samples=samples, val_samples=val_samples, rows=rows)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ whether a longer refit would pay. Prints the table and writes a JSON file next t
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
-from benchmark_args import device_label, parse_args
+from benchmark_args import device_label, parse_args, write_report
 
 from fashion_hpo.data.splits import FashionData, load_data
 from fashion_hpo.model.architectures import build_model
@@ -72,14 +71,7 @@ def main() -> None:
         best = max(range(len(longest)), key=longest.__getitem__)
         values = "".join(f"{value:11.4f}" for value in row["val"].values())
         print(f"{kind:<6}{values}{f'{best + 1}: {longest[best]:.4f}':>16}")
-    result = {
-        "device": device_label(args.device),
-        "epochs": epochs,
-        "samples": samples,
-        "val_samples": val_samples,
-        "rows": rows,
-    }
-    args.output.write_text(json.dumps(result, indent=2))
+    write_report(args, epochs=epochs, samples=samples, val_samples=val_samples, rows=rows)
 
 
 if __name__ == "__main__":
