@@ -7,8 +7,6 @@ size, then timed over real trials: per trial, from one objective's start to the 
 sampler, storage, tracking and the rest. TPE's own cost (ask + the search space's suggestions, nothing stored) is
 timed on copies of the same trials. Workers: `fashion-hpo study --workers N` on PostgreSQL + `mlflow server` on
 loopback, straight and through `fashion-hpo storage-proxy` (scale_workers.py). Writes a JSON file next to this script.
---quick: sizes 20 and 40, 3 timed trials each; 2 workers of 3 trials, the tracking server in one process (MLflow's
-default of 4 would only start idle ones for 2 workers).
 """
 
 from __future__ import annotations
@@ -169,11 +167,9 @@ def ratio(rows: list[dict[str, float]]) -> float:
 
 def main() -> None:
     """Sizes on SQLite and PostgreSQL, TPE's growth, then 1, 8, 16 and 32 workers; writes the JSON."""
-    args = parse_args(
-        __doc__, __file__, "sizes 20 and 40, 3 trials each, 2 workers, a 1-process tracking server", device=False
-    )
-    sizes, real, workers, worker_trials, server_processes = (
-        ([20, 40], 3, [2], 3, 1) if args.quick else ([100, 1000, 5000], 40, [1, 8, 16, 32], 64, None)
+    args = parse_args(__doc__, __file__, "sizes 20 and 40, 3 trials each, 2 workers", device=False)
+    sizes, real, workers, worker_trials = (
+        ([20, 40], 3, [2], 3) if args.quick else ([100, 1000, 5000], 40, [1, 8, 16, 32], 64)
     )
     postgres = os.environ.get("FASHION_HPO_TEST_POSTGRES_URL", "")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -199,9 +195,7 @@ def main() -> None:
             )
     if postgres:
         drop_database(postgres, storages["postgresql"])
-        result["workers"] = worker_sweep(
-            postgres, args.data_dir, workers, worker_trials, Path(tempfile.gettempdir()), server_processes
-        )
+        result["workers"] = worker_sweep(postgres, args.data_dir, workers, worker_trials, Path(tempfile.gettempdir()))
     result["overhead_ratio"] = {name: ratio(result[name]) for name in storages}  # type: ignore[arg-type]
     print(f"overhead at {sizes[-1]} / at {sizes[0]} trials: {result['overhead_ratio']} (goal <= 1.3)")
     save(args.output, result)

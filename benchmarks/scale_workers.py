@@ -55,7 +55,7 @@ def wait_for_port(port: int, timeout: float = 120.0) -> None:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        time.sleep(0.1)
+        time.sleep(0.5)
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
@@ -76,12 +76,10 @@ def service(command: list[str], port: int, log: Path) -> Iterator[Path]:
             process.wait()
 
 
-def tracking_server(folder: Path, processes: int | None = None) -> tuple[list[str], int]:
-    """The command of an `mlflow server` on loopback with a SQLite store in `folder`, with access logs, in
-    `processes` server processes (None: MLflow's default, 4); its port."""
+def tracking_server(folder: Path) -> tuple[list[str], int]:
+    """The command of an `mlflow server` on loopback with a SQLite store in `folder`, with access logs; its port."""
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += [] if processes is None else ["--workers", str(processes)]
     command += ["--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--default-artifact-root", str(folder / "a")]
     return [*command, "--uvicorn-opts", "--access-log"], port
 
@@ -153,18 +151,13 @@ def available_gb() -> float:
 
 
 def worker_sweep(
-    admin_url: str,
-    data_dir: Path,
-    counts: list[int],
-    n_trials: int,
-    tmp: Path,
-    server_processes: int | None = None,
+    admin_url: str, data_dir: Path, counts: list[int], n_trials: int, tmp: Path
 ) -> list[dict[str, object]]:
     """Each worker count straight on the database and through a storage proxy, each run on its own new database,
-    with one tracking server for all (in `server_processes` processes; None: MLflow's default)."""
+    with one tracking server for all."""
     folder = tmp / f"scale-mlflow-{uuid4().hex[:6]}"
     folder.mkdir()
-    command, port = tracking_server(folder, server_processes)
+    command, port = tracking_server(folder)
     rows: list[dict[str, object]] = []
     with service(command, port, folder / "server.log") as log:
         for workers in counts:
